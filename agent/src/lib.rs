@@ -1,0 +1,4 @@
+//! tyrd: Tyr's host daemon. It attaches CO-RE eBPF programs, recognises AI
+//! agents, enforces policy in the kernel and streams events to tyr-server.
+
+pub mod host;

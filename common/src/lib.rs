@@ -1,0 +1,4 @@
+//! Code shared by tyrd, tyr-server and the CLI: data tables and models that
+//! must mean the same thing on every side of the wire.
+
+pub mod providers;

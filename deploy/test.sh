@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine or a used one: installs
+# what is missing, starts PostgreSQL and the ClickHouse dev endpoint, checks
+# formatting and lints, then runs every test and every benchmark once.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+deploy/dev/setup.sh
+deploy/dev/setup_test.sh
+# shellcheck source=/dev/null
+source "${TYR_DEV_HOME:-/var/lib/tyr-dev}/env"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked
