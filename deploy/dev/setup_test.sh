@@ -15,7 +15,14 @@ failures=0
 fail() { printf 'setup_test: FAIL: %s\n' "$*" >&2; failures=$((failures + 1)); }
 pass() { printf 'setup_test: ok: %s\n' "$*"; }
 
-run_setup() { "$SETUP" 2>&1 | tee /dev/stderr; }
+# Runs setup, echoing its output to stderr and returning it on stdout.
+run_setup() {
+    local output status=0
+    output=$("$SETUP" 2>&1) || status=$?
+    printf '%s\n' "$output" >&2
+    printf '%s\n' "$output"
+    return "$status"
+}
 
 expect_no_changes() {
     local output
