@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS events
     discovered_agent_id UUID,
     agent_type          LowCardinality(String),
     kind                Enum8('EVENT_KIND_UNSPECIFIED' = 0, 'FILE_READ' = 1, 'FILE_WRITE' = 2,
-                              'EXEC' = 3, 'NET_CONNECT' = 4, 'TLS' = 5),
+                              'EXEC' = 3, 'NET_CONNECT' = 4, 'TLS' = 5, 'EXIT' = 6, 'FORK' = 7),
     resource            String,
     verdict             Enum8('VERDICT_UNSPECIFIED' = 0, 'ALLOW' = 1, 'DENY' = 2, 'ALERT' = 3),
     server_verdict      Enum8('VERDICT_UNSPECIFIED' = 0, 'ALLOW' = 1, 'DENY' = 2, 'ALERT' = 3),

@@ -104,6 +104,48 @@ fn unescape_mount_path(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Filesystems tyrd needs that a minimal system may not have mounted:
+/// (filesystem type, mount point, why).
+const KERNEL_FILESYSTEMS: [(&str, &str, &str); 2] = [
+    ("tracefs", "/sys/kernel/tracing", "tracepoint attach"),
+    ("securityfs", "/sys/kernel/security", "the active LSM list"),
+];
+
+/// Mounts tracefs and securityfs where they are missing. Failures are
+/// logged, not fatal: what they break shows up in the capability report.
+pub fn ensure_kernel_filesystems() {
+    let mounts = fs::read_to_string(MOUNTINFO).unwrap_or_default();
+    for (fstype, target, why) in KERNEL_FILESYSTEMS {
+        if mount_point(&mounts, fstype).is_some() || !Path::new(target).is_dir() {
+            continue;
+        }
+        if let Err(error) = mount(fstype, target) {
+            eprintln!("tyrd: cannot mount {fstype} on {target} (needed for {why}): {error}");
+        }
+    }
+}
+
+fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
+    let source = std::ffi::CString::new(fstype)?;
+    let target = std::ffi::CString::new(target)?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration
+    // of the call; no data argument is passed.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

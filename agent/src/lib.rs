@@ -1,4 +1,9 @@
 //! tyrd: Tyr's host daemon. It attaches CO-RE eBPF programs, recognises AI
 //! agents, enforces policy in the kernel and streams events to tyr-server.
 
+pub mod bpf;
+pub mod capture;
 pub mod host;
+pub mod kinds;
+pub mod observe;
+pub mod pipeline;

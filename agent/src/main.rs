@@ -1,7 +1,15 @@
 //! `tyrd` command line.
 
-use clap::{Parser, Subcommand};
-use tyr_agent::host::HostFacts;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tyr_agent::capture::{Capture, CaptureConfig};
+use tyr_agent::kinds::{KindSet, parse_kind};
+use tyr_agent::observe::{self, ObserveOptions};
+use tyr_agent::pipeline::batcher::BatchPolicy;
+use tyr_proto::EventKind;
 
 /// Tyr host daemon: watches and governs AI agents on this host from the kernel.
 #[derive(Debug, Parser)]
@@ -13,8 +21,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print what this kernel offers to Tyr's eBPF programs, as JSON.
+    /// Load every hook this kernel allows, print the capability report as JSON, detach.
     Probe,
+    /// Capture with no server: print events as JSON lines until SIGINT/SIGTERM,
+    /// then print counters (seen and lost, by kind) to stderr.
+    Observe(ObserveArgs),
+}
+
+#[derive(Debug, Args)]
+struct ObserveArgs {
+    /// Only this event kind (repeatable): file_read, file_write, exec,
+    /// net_connect, tls, exit, fork.
+    #[arg(long = "kind", value_parser = parse_kind)]
+    kinds: Vec<EventKind>,
+    /// Only this process id (repeatable; filtered in the kernel).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Only processes with this command name (repeatable; filtered in the kernel).
+    #[arg(long = "comm")]
+    comms: Vec<String>,
+    /// Size of the kernel ring buffer in MiB (a power of two).
+    #[arg(long, default_value_t = 32)]
+    ring_mb: u32,
+    /// Events per batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_max_events: u32,
+    /// Longest a batch waits for more events, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    batch_max_ms: u64,
+    /// Events queued between the ring reader and the output.
+    #[arg(long, default_value_t = 65_536)]
+    queue_capacity: usize,
+    /// Directory for tyrd's state (sequence numbers).
+    #[arg(long, env = "TYR_STATE_DIR", default_value = "/var/lib/tyrd")]
+    state_dir: PathBuf,
+    /// Also write every raw kernel record to this file (u32 length + bytes).
+    #[arg(long)]
+    record_raw: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,7 +73,43 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe => {
-            println!("{}", serde_json::to_string_pretty(&HostFacts::read())?);
+            let capture =
+                Capture::start(&CaptureConfig::default()).context("probing kernel hooks")?;
+            println!("{}", serde_json::to_string_pretty(capture.capabilities())?);
+        }
+        Command::Observe(args) => {
+            let ring_bytes = args
+                .ring_mb
+                .checked_mul(1 << 20)
+                .filter(|b| b.is_power_of_two())
+                .with_context(|| {
+                    format!(
+                        "--ring-mb {} is not a power of two below 4096",
+                        args.ring_mb
+                    )
+                })?;
+            let kinds = if args.kinds.is_empty() {
+                KindSet::all()
+            } else {
+                args.kinds.iter().copied().collect()
+            };
+            let options = ObserveOptions {
+                capture: CaptureConfig {
+                    kinds,
+                    comms: args.comms,
+                    pids: args.pids,
+                    ring_bytes,
+                },
+                batch: BatchPolicy {
+                    max_events: args.batch_max_events as usize,
+                    max_delay: Duration::from_millis(args.batch_max_ms),
+                },
+                queue_capacity: args.queue_capacity.max(1),
+                state_dir: args.state_dir,
+                record_raw: args.record_raw,
+            };
+            let counters = observe::run(options)?;
+            eprintln!("{}", serde_json::to_string(&counters)?);
         }
     }
     Ok(())

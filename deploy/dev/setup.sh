@@ -24,6 +24,7 @@ APT_PACKAGES=(
     python3 python3-venv
     ca-certificates curl procps
     build-essential pkg-config
+    clang llvm libelf-dev zlib1g-dev bpftool
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -1,0 +1,585 @@
+//! Kernel capture: loads tyr's eBPF objects, shares their maps, attaches
+//! every hook this kernel allows, and records what loaded and what did not
+//! (the capability report). One object per hook family, so that a hook the
+//! kernel refuses (BPF LSM on many hosts) costs only itself and its
+//! fallback takes over, visibly.
+
+pub mod client_hello;
+pub mod record;
+
+use std::fs::File;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenMapMut, OpenObject};
+use serde::Serialize;
+
+use crate::bpf::{connect, file_lsm, file_syscalls, process, records, tls_egress};
+use crate::host::HostFacts;
+use crate::kinds::{KIND_COUNT, KindSet};
+use tyr_proto::EventKind as Kind;
+
+/// Hook serving file opens when `lsm/file_open` cannot.
+pub const FILE_FALLBACK: &str = "tp/syscalls/sys_{enter,exit}_{openat,openat2,open,creat}";
+
+/// Set to any value to see libbpf's log (verifier output) on stderr.
+pub const BPF_LOG_ENV: &str = "TYR_BPF_LOG";
+
+/// What to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Event kinds traced in the kernel.
+    pub kinds: KindSet,
+    /// Only processes with one of these comms (empty: all).
+    pub comms: Vec<String>,
+    /// Only these thread-group ids (empty: all).
+    pub pids: Vec<u32>,
+    /// Bytes of the ring buffer (a power of two, at least one page).
+    pub ring_bytes: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            kinds: KindSet::all(),
+            comms: Vec::new(),
+            pids: Vec::new(),
+            ring_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Why capture could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("loading {object}: {source}")]
+    Load {
+        object: &'static str,
+        source: libbpf_rs::Error,
+    },
+    #[error("attaching {hook}: {source}")]
+    Attach {
+        hook: String,
+        source: libbpf_rs::Error,
+    },
+    #[error("ring size {0} is not a power of two of at least 4096 bytes")]
+    RingSize(u32),
+    #[error("comm filter {0:?} is longer than 15 bytes")]
+    CommTooLong(String),
+    #[error("no cgroup2 hierarchy is mounted: connect and TLS capture need one")]
+    NoCgroup2,
+    #[error("opening cgroup2 root {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("writing the {map} map: {source}")]
+    Map {
+        map: &'static str,
+        source: libbpf_rs::Error,
+    },
+}
+
+/// One hook: did it attach, and if not, why and what serves instead.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HookStatus {
+    /// Attach point, e.g. `lsm/file_open`.
+    pub name: String,
+    pub attached: bool,
+    /// Why it is not attached (empty when attached).
+    pub error: String,
+    /// Hook serving instead (empty when none).
+    pub fallback: String,
+}
+
+/// What this kernel let tyrd do: the content of CapabilityReport.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    pub kernel_version: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub host: HostFacts,
+    pub hooks: Vec<HookStatus>,
+    /// lsm/* programs load and attach.
+    pub bpf_lsm: bool,
+    /// ClientHello capture at the socket layer is attached.
+    pub tls_capture: bool,
+    /// The hook serving file opens.
+    pub file_open_source: String,
+    /// Deny rules that this kernel can enforce, per operation.
+    pub enforce_file: bool,
+    pub enforce_exec: bool,
+    pub enforce_net: bool,
+}
+
+impl Capabilities {
+    /// The wire form.
+    pub fn to_proto(&self) -> tyr_proto::CapabilityReport {
+        tyr_proto::CapabilityReport {
+            kernel_version: self.kernel_version.clone(),
+            arch: self.arch.clone(),
+            agent_version: self.agent_version.clone(),
+            hooks: self
+                .hooks
+                .iter()
+                .map(|h| tyr_proto::HookStatus {
+                    name: h.name.clone(),
+                    attached: h.attached,
+                    error: h.error.clone(),
+                    fallback: h.fallback.clone(),
+                })
+                .collect(),
+            bpf_lsm: self.bpf_lsm,
+            tls_capture: self.tls_capture,
+            enforce_file: self.enforce_file,
+            enforce_exec: self.enforce_exec,
+            enforce_net: self.enforce_net,
+        }
+    }
+}
+
+/// Handles on the maps every object shares (created by the process object).
+#[derive(Debug)]
+struct SharedMaps {
+    events: MapHandle,
+    lost: MapHandle,
+    config: MapHandle,
+    comms: MapHandle,
+    pids: MapHandle,
+    sock_owners: MapHandle,
+    scratch: MapHandle,
+}
+
+fn reuse(map: &mut OpenMapMut<'_>, handle: &MapHandle) -> libbpf_rs::Result<()> {
+    map.reuse_fd(handle.as_fd())
+}
+
+/// Points an object's copies of the shared maps at the process object's.
+macro_rules! share_maps {
+    ($open:expr, $shared:expr) => {{
+        let maps = &mut $open.maps;
+        reuse(&mut maps.tyr_events, &$shared.events)
+            .and_then(|()| reuse(&mut maps.tyr_lost, &$shared.lost))
+            .and_then(|()| reuse(&mut maps.tyr_config_map, &$shared.config))
+            .and_then(|()| reuse(&mut maps.tyr_filter_comms, &$shared.comms))
+            .and_then(|()| reuse(&mut maps.tyr_filter_pids, &$shared.pids))
+            .and_then(|()| reuse(&mut maps.tyr_sock_owners, &$shared.sock_owners))
+            .and_then(|()| reuse(&mut maps.tyr_scratch_map, &$shared.scratch))
+    }};
+}
+
+/// Storage for an object that lives as long as tyrd's capture.
+fn object_storage() -> &'static mut MaybeUninit<OpenObject> {
+    Box::leak(Box::new(MaybeUninit::uninit()))
+}
+
+/// Loaded objects and their attachments. Dropping it detaches everything.
+pub struct Capture {
+    // Links first: they drop (detach) before the objects they belong to.
+    links: Vec<Link>,
+    _process: process::ProcessSkel<'static>,
+    _file_lsm: Option<file_lsm::FileLsmSkel<'static>>,
+    _file_syscalls: Option<file_syscalls::FileSyscallsSkel<'static>>,
+    _connect: Option<connect::ConnectSkel<'static>>,
+    _tls: Option<tls_egress::TlsEgressSkel<'static>>,
+    shared: SharedMaps,
+    capabilities: Capabilities,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("links", &self.links.len())
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Collects hook statuses and links while attaching.
+#[derive(Default)]
+struct Attacher {
+    links: Vec<Link>,
+    hooks: Vec<HookStatus>,
+}
+
+impl Attacher {
+    /// Attaches one program; a failure is recorded, not fatal.
+    fn attach(&mut self, hook: &str, result: libbpf_rs::Result<Link>) -> bool {
+        match result {
+            Ok(link) => {
+                self.links.push(link);
+                self.hooks.push(HookStatus {
+                    name: hook.to_owned(),
+                    attached: true,
+                    error: String::new(),
+                    fallback: String::new(),
+                });
+                true
+            }
+            Err(error) => {
+                self.refused(hook, &error.to_string(), "");
+                false
+            }
+        }
+    }
+
+    fn refused(&mut self, hook: &str, error: &str, fallback: &str) {
+        self.hooks.push(HookStatus {
+            name: hook.to_owned(),
+            attached: false,
+            error: error.to_owned(),
+            fallback: fallback.to_owned(),
+        });
+    }
+
+    fn attached(&self, hook: &str) -> bool {
+        self.hooks.iter().any(|h| h.name == hook && h.attached)
+    }
+}
+
+impl Capture {
+    /// Loads and attaches everything `config` asks for that this kernel allows.
+    pub fn start(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
+            return Err(CaptureError::RingSize(config.ring_bytes));
+        }
+        // libbpf's own log (verifier output and the like) explains failures
+        // the capability report already records; show it only on request.
+        if std::env::var_os(BPF_LOG_ENV).is_none() {
+            libbpf_rs::set_print(None);
+        }
+        crate::host::ensure_kernel_filesystems();
+        let host = HostFacts::read();
+        let mut attacher = Attacher::default();
+
+        // The process object owns the shared maps; lifecycle is always on.
+        let mut open = process::ProcessSkelBuilder::default()
+            .open(object_storage())
+            .map_err(|source| CaptureError::Load {
+                object: "process",
+                source,
+            })?;
+        open.maps
+            .tyr_events
+            .set_max_entries(config.ring_bytes)
+            .map_err(|source| CaptureError::Load {
+                object: "process",
+                source,
+            })?;
+        let process = open.load().map_err(|source| CaptureError::Load {
+            object: "process",
+            source,
+        })?;
+        let shared = SharedMaps {
+            events: handle(&process.maps.tyr_events)?,
+            lost: handle(&process.maps.tyr_lost)?,
+            config: handle(&process.maps.tyr_config_map)?,
+            comms: handle(&process.maps.tyr_filter_comms)?,
+            pids: handle(&process.maps.tyr_filter_pids)?,
+            sock_owners: handle(&process.maps.tyr_sock_owners)?,
+            scratch: handle(&process.maps.tyr_scratch_map)?,
+        };
+        write_config(&shared, config)?;
+
+        for (hook, prog) in [
+            ("tp/sched/sched_process_exec", &process.progs.tyr_exec),
+            ("tp_btf/sched_process_fork", &process.progs.tyr_fork),
+            ("tp/sched/sched_process_exit", &process.progs.tyr_exit),
+        ] {
+            // Without lifecycle records nothing else makes sense: fatal.
+            let link = prog.attach().map_err(|source| CaptureError::Attach {
+                hook: hook.to_owned(),
+                source,
+            })?;
+            attacher.attach(hook, Ok(link));
+        }
+
+        let wants_files =
+            config.kinds.contains(Kind::FileRead) || config.kinds.contains(Kind::FileWrite);
+        let (file_lsm, file_syscalls) = if wants_files {
+            load_file_hooks(&shared, &mut attacher)
+        } else {
+            (None, None)
+        };
+
+        let wants_net = config.kinds.contains(Kind::NetConnect) || config.kinds.contains(Kind::Tls);
+        let cgroup = if wants_net {
+            Some(open_cgroup_root(&host)?)
+        } else {
+            None
+        };
+        let connect = match &cgroup {
+            Some(root) => load_connect(&shared, root, &mut attacher),
+            None => None,
+        };
+        let tls = match &cgroup {
+            Some(root) if config.kinds.contains(Kind::Tls) => {
+                load_tls(&shared, root, &mut attacher)
+            }
+            _ => None,
+        };
+
+        let bpf_lsm = attacher.attached("lsm/file_open");
+        let capabilities = Capabilities {
+            kernel_version: host.kernel_release.clone(),
+            arch: host.arch.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            hooks: attacher.hooks,
+            bpf_lsm,
+            tls_capture: tls.is_some(),
+            file_open_source: if bpf_lsm {
+                "lsm/file_open".to_owned()
+            } else {
+                FILE_FALLBACK.to_owned()
+            },
+            enforce_file: bpf_lsm,
+            enforce_exec: false,
+            enforce_net: connect.is_some(),
+            host,
+        };
+        Ok(Self {
+            links: attacher.links,
+            _process: process,
+            _file_lsm: file_lsm,
+            _file_syscalls: file_syscalls,
+            _connect: connect,
+            _tls: tls,
+            shared,
+            capabilities,
+        })
+    }
+
+    /// What loaded and attached on this kernel.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// A handle on the ring every record goes through.
+    pub fn ring(&self) -> Result<MapHandle, CaptureError> {
+        MapHandle::try_from(&self.shared.events).map_err(|source| CaptureError::Map {
+            map: "tyr_events",
+            source,
+        })
+    }
+
+    /// Records the kernel could not emit, per event kind number.
+    pub fn lost(&self) -> Result<[u64; KIND_COUNT], CaptureError> {
+        let mut totals = [0u64; KIND_COUNT];
+        for (kind, total) in totals.iter_mut().enumerate() {
+            let key = (kind as u32).to_ne_bytes();
+            let per_cpu = self
+                .shared
+                .lost
+                .lookup_percpu(&key, MapFlags::ANY)
+                .map_err(|source| CaptureError::Map {
+                    map: "tyr_lost",
+                    source,
+                })?
+                .unwrap_or_default();
+            *total = per_cpu
+                .iter()
+                .filter_map(|bytes| {
+                    bytes
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_ne_bytes)
+                })
+                .sum();
+        }
+        Ok(totals)
+    }
+}
+
+fn handle(map: &libbpf_rs::MapMut<'_>) -> Result<MapHandle, CaptureError> {
+    MapHandle::try_from(map).map_err(|source| CaptureError::Map {
+        map: "shared",
+        source,
+    })
+}
+
+fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), CaptureError> {
+    for comm in &config.comms {
+        let mut key = [0u8; 16];
+        let bytes = comm.as_bytes();
+        if bytes.len() > 15 {
+            return Err(CaptureError::CommTooLong(comm.clone()));
+        }
+        key[..bytes.len()].copy_from_slice(bytes);
+        shared
+            .comms
+            .update(&key, &[1], MapFlags::ANY)
+            .map_err(|source| CaptureError::Map {
+                map: "tyr_filter_comms",
+                source,
+            })?;
+    }
+    for pid in &config.pids {
+        shared
+            .pids
+            .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+            .map_err(|source| CaptureError::Map {
+                map: "tyr_filter_pids",
+                source,
+            })?;
+    }
+    let ring_size = u64::from(config.ring_bytes);
+    let value = records::tyr_config {
+        kinds_enabled: config.kinds.bits(),
+        filter_comm: u32::from(!config.comms.is_empty()),
+        filter_pid: u32::from(!config.pids.is_empty()),
+        self_tgid: std::process::id(),
+        ring_size,
+        // An eighth of the ring stays free for lifecycle records.
+        ring_headroom: ring_size / 8,
+    };
+    // SAFETY: tyr_config is a Plain repr(C) struct of integers.
+    let bytes = unsafe { plain::as_bytes(&value) };
+    shared
+        .config
+        .update(&0u32.to_ne_bytes(), bytes, MapFlags::ANY)
+        .map_err(|source| CaptureError::Map {
+            map: "tyr_config_map",
+            source,
+        })
+}
+
+/// BPF LSM first; the syscall tracepoints when it cannot load or attach.
+fn load_file_hooks(
+    shared: &SharedMaps,
+    attacher: &mut Attacher,
+) -> (
+    Option<file_lsm::FileLsmSkel<'static>>,
+    Option<file_syscalls::FileSyscallsSkel<'static>>,
+) {
+    let lsm = file_lsm::FileLsmSkel::open_shared(shared).and_then(|open| open.load());
+    let lsm_error = match lsm {
+        Ok(skel) => match skel.progs.tyr_file_open.attach_lsm() {
+            Ok(link) => {
+                attacher.attach("lsm/file_open", Ok(link));
+                return (Some(skel), None);
+            }
+            Err(error) => error.to_string(),
+        },
+        Err(error) => error.to_string(),
+    };
+    attacher.refused("lsm/file_open", &lsm_error, FILE_FALLBACK);
+
+    let skel =
+        match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
+            Ok(skel) => skel,
+            Err(error) => {
+                attacher.refused(FILE_FALLBACK, &error.to_string(), "");
+                return (None, None);
+            }
+        };
+    let progs = &skel.progs;
+    for (hook, prog) in [
+        ("tp/syscalls/sys_enter_openat", &progs.tyr_enter_openat),
+        ("tp/syscalls/sys_exit_openat", &progs.tyr_exit_openat),
+        ("tp/syscalls/sys_enter_openat2", &progs.tyr_enter_openat2),
+        ("tp/syscalls/sys_exit_openat2", &progs.tyr_exit_openat2),
+        ("tp/syscalls/sys_enter_open", &progs.tyr_enter_open),
+        ("tp/syscalls/sys_exit_open", &progs.tyr_exit_open),
+        ("tp/syscalls/sys_enter_creat", &progs.tyr_enter_creat),
+        ("tp/syscalls/sys_exit_creat", &progs.tyr_exit_creat),
+    ] {
+        attacher.attach(hook, prog.attach());
+    }
+    (None, Some(skel))
+}
+
+fn load_connect(
+    shared: &SharedMaps,
+    cgroup: &File,
+    attacher: &mut Attacher,
+) -> Option<connect::ConnectSkel<'static>> {
+    match connect::ConnectSkel::open_shared(shared).and_then(|open| open.load()) {
+        Ok(skel) => {
+            let fd = cgroup.as_raw_fd();
+            attacher.attach("cgroup/connect4", skel.progs.tyr_connect4.attach_cgroup(fd));
+            attacher.attach("cgroup/connect6", skel.progs.tyr_connect6.attach_cgroup(fd));
+            Some(skel)
+        }
+        Err(error) => {
+            attacher.refused("cgroup/connect4", &error.to_string(), "");
+            attacher.refused("cgroup/connect6", &error.to_string(), "");
+            None
+        }
+    }
+}
+
+fn load_tls(
+    shared: &SharedMaps,
+    cgroup: &File,
+    attacher: &mut Attacher,
+) -> Option<tls_egress::TlsEgressSkel<'static>> {
+    match tls_egress::TlsEgressSkel::open_shared(shared).and_then(|open| open.load()) {
+        Ok(skel) => attacher
+            .attach(
+                "cgroup_skb/egress",
+                skel.progs.tyr_tls_egress.attach_cgroup(cgroup.as_raw_fd()),
+            )
+            .then_some(skel),
+        Err(error) => {
+            attacher.refused("cgroup_skb/egress", &error.to_string(), "");
+            None
+        }
+    }
+}
+
+fn open_cgroup_root(host: &HostFacts) -> Result<File, CaptureError> {
+    let root = host
+        .cgroup2_mount
+        .as_deref()
+        .ok_or(CaptureError::NoCgroup2)?;
+    open_dir(root)
+}
+
+fn open_dir(path: &Path) -> Result<File, CaptureError> {
+    File::open(path).map_err(|source| CaptureError::Cgroup {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Opening an object with its shared maps pointed at the process object's.
+trait OpenShared: Sized {
+    type Open;
+    fn open_shared(shared: &SharedMaps) -> libbpf_rs::Result<Self::Open>;
+}
+
+macro_rules! open_shared_impl {
+    ($skel:ty, $open:ty, $builder:ty) => {
+        impl OpenShared for $skel {
+            type Open = $open;
+            fn open_shared(shared: &SharedMaps) -> libbpf_rs::Result<Self::Open> {
+                let mut open = <$builder>::default().open(object_storage())?;
+                share_maps!(open, shared)?;
+                Ok(open)
+            }
+        }
+    };
+}
+
+open_shared_impl!(
+    file_lsm::FileLsmSkel<'static>,
+    file_lsm::OpenFileLsmSkel<'static>,
+    file_lsm::FileLsmSkelBuilder
+);
+open_shared_impl!(
+    file_syscalls::FileSyscallsSkel<'static>,
+    file_syscalls::OpenFileSyscallsSkel<'static>,
+    file_syscalls::FileSyscallsSkelBuilder
+);
+open_shared_impl!(
+    connect::ConnectSkel<'static>,
+    connect::OpenConnectSkel<'static>,
+    connect::ConnectSkelBuilder
+);
+open_shared_impl!(
+    tls_egress::TlsEgressSkel<'static>,
+    tls_egress::OpenTlsEgressSkel<'static>,
+    tls_egress::TlsEgressSkelBuilder
+);

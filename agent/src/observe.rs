@@ -1,0 +1,265 @@
+//! `tyrd observe`: capture with no server, events as JSON lines on stdout.
+//!
+//! The ring reader (this thread) decodes and enriches; a bounded crossbeam
+//! channel carries events to the batcher thread, which writes them. When the
+//! writer falls behind, the reader blocks on the channel and the kernel ring
+//! fills: records are then lost in the kernel, where they are counted per
+//! kind. Nothing is dropped in userspace. On SIGINT or SIGTERM everything is
+//! detached and the counters go to stderr.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use libbpf_rs::RingBufferBuilder;
+use serde::Serialize;
+use tyr_proto::{Event, EventKind, Severity, Verdict};
+
+use crate::capture::{Capture, CaptureConfig};
+use crate::kinds::{ALL_KINDS, KIND_COUNT, KindSet};
+use crate::pipeline::batcher::{self, BatchPolicy};
+use crate::pipeline::clock::BootClock;
+use crate::pipeline::event_builder::EventBuilder;
+use crate::pipeline::process_cache::ProcessCache;
+use crate::pipeline::seq::SeqAllocator;
+
+/// Processes the cache remembers.
+const PROCESS_CACHE_CAPACITY: usize = 65_536;
+
+/// What `tyrd observe` was asked for.
+#[derive(Debug, Clone)]
+pub struct ObserveOptions {
+    /// Hooks, filters and ring size for the kernel side.
+    pub capture: CaptureConfig,
+    /// When batches are cut.
+    pub batch: BatchPolicy,
+    /// Events queued between the ring reader and the writer.
+    pub queue_capacity: usize,
+    /// Where the sequence-number reservation is kept.
+    pub state_dir: PathBuf,
+    /// Also write every raw record here (length-prefixed), for replay.
+    pub record_raw: Option<PathBuf>,
+}
+
+/// An event as one JSON line: the Event message's field names.
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    event_id: &'a str,
+    seq: u64,
+    kind: &'a str,
+    resource: &'a str,
+    verdict: &'a str,
+    severity: &'a str,
+    pid: i64,
+    ppid: i64,
+    process_exe: &'a str,
+    cmdline: &'a str,
+    timestamp_ns: i64,
+    metadata: BTreeMap<&'a str, &'a str>,
+}
+
+fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(&E) -> &'static str) -> &'static str {
+    E::try_from(value).map(|e| name(&e)).unwrap_or("UNKNOWN")
+}
+
+fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
+    let line = JsonEvent {
+        event_id: &event.event_id,
+        seq: event.seq,
+        kind: enum_name(event.kind, EventKind::as_str_name),
+        resource: &event.resource,
+        verdict: enum_name(event.verdict, Verdict::as_str_name),
+        severity: enum_name(event.severity, Severity::as_str_name),
+        pid: event.pid,
+        ppid: event.ppid,
+        process_exe: &event.process_exe,
+        cmdline: &event.cmdline,
+        timestamp_ns: event.timestamp_ns,
+        metadata: event
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// Counters printed on exit.
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    /// Records decoded, by kind (before the userspace filters).
+    pub seen: BTreeMap<&'static str, u64>,
+    /// Records the kernel could not emit, by kind.
+    pub lost: BTreeMap<&'static str, u64>,
+    /// Records that did not decode.
+    pub decode_failed: u64,
+    /// Events written to stdout.
+    pub printed: u64,
+    /// TLS records whose ClientHello did not parse (still printed).
+    pub tls_unparsed: u64,
+    /// Processes looked up in /proc because they started before tyrd.
+    pub proc_reads: u64,
+}
+
+/// Which events the userspace filters let through.
+#[derive(Debug)]
+struct Selection {
+    kinds: KindSet,
+    pids: Vec<i64>,
+    comms: Vec<String>,
+}
+
+impl Selection {
+    fn admits(&self, event: &Event) -> bool {
+        EventKind::try_from(event.kind).is_ok_and(|kind| self.kinds.contains(kind))
+            && (self.pids.is_empty() || self.pids.contains(&event.pid))
+            && (self.comms.is_empty()
+                || event
+                    .metadata
+                    .get("comm")
+                    .is_some_and(|c| self.comms.contains(c)))
+    }
+}
+
+/// Runs until SIGINT/SIGTERM or until stdout closes.
+pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let seq = SeqAllocator::persistent(&options.state_dir)
+        .with_context(|| format!("state directory {}", options.state_dir.display()))?;
+    let mut raw_out = match &options.record_raw {
+        Some(path) => Some(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+
+    let capture = Capture::start(&options.capture).context("starting kernel capture")?;
+    for hook in capture.capabilities().hooks.iter().filter(|h| !h.attached) {
+        let fallback = if hook.fallback.is_empty() {
+            "none".to_owned()
+        } else {
+            hook.fallback.clone()
+        };
+        eprintln!(
+            "tyrd: hook {} not attached ({}); fallback: {fallback}",
+            hook.name, hook.error
+        );
+    }
+
+    let (sender, receiver) = crossbeam_channel::bounded::<Event>(options.queue_capacity);
+    let policy = options.batch;
+    let writer = std::thread::Builder::new()
+        .name("tyrd-writer".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+            let mut printed = 0u64;
+            batcher::run(&receiver, policy, |batch| {
+                let written = batch
+                    .iter()
+                    .try_for_each(|event| write_event(&mut out, event))
+                    .and_then(|()| out.flush());
+                printed += batch.len() as u64;
+                // A closed stdout (broken pipe) ends observation normally.
+                written.is_ok()
+            });
+            printed
+        })?;
+
+    let selection = Selection {
+        kinds: options.capture.kinds,
+        pids: options.capture.pids.iter().map(|&p| i64::from(p)).collect(),
+        comms: options.capture.comms.clone(),
+    };
+    let capacity = NonZeroUsize::new(PROCESS_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
+    let mut builder = EventBuilder::new(ProcessCache::new(capacity), BootClock::now(), seq);
+    let mut seen = [0u64; KIND_COUNT];
+    let mut decode_failed = 0u64;
+    let output_closed = Cell::new(false);
+    let mut raw_error = None;
+
+    let ring = capture.ring()?;
+    {
+        let mut ring_builder = RingBufferBuilder::new();
+        ring_builder.add(&ring, |raw: &[u8]| {
+            if let Some(out) = raw_out.as_mut()
+                && let Err(error) = out
+                    .write_all(&(raw.len() as u32).to_le_bytes())
+                    .and_then(|()| out.write_all(raw))
+            {
+                raw_error = Some(error);
+            }
+            match builder.build(raw) {
+                Ok(event) => {
+                    if let Some(count) = usize::try_from(event.kind)
+                        .ok()
+                        .and_then(|k| seen.get_mut(k))
+                    {
+                        *count += 1;
+                    }
+                    if selection.admits(&event) && sender.send(event).is_err() {
+                        output_closed.set(true);
+                        return -1;
+                    }
+                }
+                Err(_) => decode_failed += 1,
+            }
+            0
+        })?;
+        let ring_buffer = ring_builder.build()?;
+        while !stop.load(Ordering::Relaxed) {
+            match ring_buffer.poll(Duration::from_millis(100)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+                Err(_) if output_closed.get() => break,
+                Err(error) => return Err(error).context("polling the ring buffer"),
+            }
+            if output_closed.get() {
+                break;
+            }
+        }
+        // Drain what is already in the ring before detaching.
+        if !output_closed.get() {
+            let _ = ring_buffer.consume();
+        }
+    }
+    drop(sender);
+    let printed = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    if let Some(mut out) = raw_out {
+        out.flush().context("writing raw records")?;
+    }
+    if let Some(error) = raw_error {
+        return Err(error).context("writing raw records");
+    }
+    let lost = capture.lost()?;
+    drop(capture);
+
+    let named = |counts: &[u64; KIND_COUNT]| -> BTreeMap<&'static str, u64> {
+        ALL_KINDS
+            .iter()
+            .map(|&kind| (kind.as_str_name(), counts[kind as usize]))
+            .collect()
+    };
+    Ok(Counters {
+        seen: named(&seen),
+        lost: named(&lost),
+        decode_failed,
+        printed,
+        tls_unparsed: builder.tls_unparsed,
+        proc_reads: builder.cache().proc_reads,
+    })
+}

@@ -1,0 +1,395 @@
+//! Turns decoded records into `Event`s: wall-clock time, a UUIDv7 id and the
+//! next sequence number, the acting process's exe, command line and lineage
+//! from the process cache, and per-kind metadata (flags, addresses, SNI and
+//! LLM provider).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::{Component, Path, PathBuf};
+
+use tyr_common::providers::provider_for_server_name;
+use tyr_proto::{Event, EventKind, Severity, Verdict};
+use uuid::{NoContext, Timestamp, Uuid};
+
+use super::clock::BootClock;
+use super::process_cache::{ProcessCache, ProcessInfo};
+use super::seq::SeqAllocator;
+use crate::capture::client_hello;
+use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, Record};
+
+/// Builds events from raw records, keeping the process cache current.
+#[derive(Debug)]
+pub struct EventBuilder {
+    cache: ProcessCache,
+    clock: BootClock,
+    seq: SeqAllocator,
+    /// TLS records whose ClientHello could not be parsed (still emitted).
+    pub tls_unparsed: u64,
+}
+
+impl EventBuilder {
+    pub fn new(cache: ProcessCache, clock: BootClock, seq: SeqAllocator) -> Self {
+        Self {
+            cache,
+            clock,
+            seq,
+            tls_unparsed: 0,
+        }
+    }
+
+    /// A builder with an in-memory sequence and a cache of `capacity`.
+    pub fn in_memory(capacity: NonZeroUsize) -> Self {
+        Self::new(
+            ProcessCache::new(capacity),
+            BootClock::now(),
+            SeqAllocator::in_memory(),
+        )
+    }
+
+    /// The process cache (for listing and statistics).
+    pub fn cache(&self) -> &ProcessCache {
+        &self.cache
+    }
+
+    /// Decodes one raw record and builds its event.
+    pub fn build(&mut self, raw: &[u8]) -> Result<Event, DecodeError> {
+        let record = record::decode(raw)?;
+        Ok(self.event(&record))
+    }
+
+    /// Builds the event for a decoded record.
+    pub fn event(&mut self, record: &Record<'_>) -> Event {
+        let header = *record.header();
+        let mut metadata = HashMap::with_capacity(6);
+        metadata.insert("uid".to_owned(), header.uid.to_string());
+        metadata.insert("comm".to_owned(), header.comm().into_owned());
+        if header.truncated() {
+            metadata.insert("truncated".to_owned(), "true".to_owned());
+        }
+        let (kind, resource, process) = match record {
+            Record::Exec { exe, argv, .. } => {
+                let exe = String::from_utf8_lossy(exe);
+                let info = self.cache.on_exec(header.pid, header.ppid, &exe, argv);
+                metadata.insert(
+                    "argc".to_owned(),
+                    argv.split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .count()
+                        .to_string(),
+                );
+                (EventKind::Exec, exe.into_owned(), info)
+            }
+            Record::Fork { child_pid, .. } => {
+                self.cache.on_fork(header.pid, *child_pid);
+                metadata.insert("child_pid".to_owned(), child_pid.to_string());
+                (
+                    EventKind::Fork,
+                    child_pid.to_string(),
+                    self.cache.get(header.pid),
+                )
+            }
+            Record::Exit { exit_code, .. } => {
+                let info = self.cache.on_exit(header.pid);
+                metadata.insert(
+                    "exit_code".to_owned(),
+                    ((exit_code >> 8) & 0xff).to_string(),
+                );
+                if exit_code & 0x7f != 0 {
+                    metadata.insert("signal".to_owned(), (exit_code & 0x7f).to_string());
+                }
+                (EventKind::Exit, info.exe.to_string(), info)
+            }
+            Record::File {
+                result,
+                open_flags,
+                path,
+                name,
+                source,
+                ..
+            } => {
+                let kind = if header.kind == EventKind::FileWrite as u16 {
+                    EventKind::FileWrite
+                } else {
+                    EventKind::FileRead
+                };
+                metadata.insert("flags".to_owned(), open_flags_text(*open_flags));
+                metadata.insert(
+                    "source".to_owned(),
+                    if *source == 1 { "lsm" } else { "syscall" }.to_owned(),
+                );
+                let resource = if *result >= 0 {
+                    metadata.insert("fd".to_owned(), result.to_string());
+                    String::from_utf8_lossy(path).into_owned()
+                } else {
+                    metadata.insert("error".to_owned(), errno_text(-result));
+                    join_lexically(path, name)
+                };
+                (kind, resource, self.cache.get(header.pid))
+            }
+            Record::Connect {
+                remote,
+                port,
+                sock_type,
+                ..
+            } => {
+                metadata.insert("remote_ip".to_owned(), remote.to_string());
+                metadata.insert("remote_port".to_owned(), port.to_string());
+                metadata.insert(
+                    "protocol".to_owned(),
+                    socket_protocol(*sock_type).to_owned(),
+                );
+                (
+                    EventKind::NetConnect,
+                    socket_address(*remote, *port),
+                    self.cache.get(header.pid),
+                )
+            }
+            Record::Tls {
+                remote,
+                remote_port,
+                hello,
+                ..
+            } => {
+                metadata.insert("remote_ip".to_owned(), remote.to_string());
+                metadata.insert("remote_port".to_owned(), remote_port.to_string());
+                let resource = match client_hello::parse(hello) {
+                    Ok(parsed) => {
+                        if !parsed.alpn.is_empty() {
+                            metadata.insert("alpn".to_owned(), parsed.alpn.join(","));
+                        }
+                        match parsed.server_name {
+                            Some(sni) => {
+                                if let Some(provider) = provider_for_server_name(&sni) {
+                                    metadata.insert("provider".to_owned(), provider.to_owned());
+                                }
+                                metadata.insert("sni".to_owned(), sni.clone());
+                                sni
+                            }
+                            None => socket_address(*remote, *remote_port),
+                        }
+                    }
+                    Err(error) => {
+                        self.tls_unparsed += 1;
+                        metadata.insert("sni_error".to_owned(), error.to_string());
+                        socket_address(*remote, *remote_port)
+                    }
+                };
+                let process = if header.flags & FLAG_OWNER_UNKNOWN != 0 {
+                    metadata.insert("owner".to_owned(), "unknown".to_owned());
+                    None
+                } else {
+                    Some(self.cache.get(header.pid))
+                };
+                (EventKind::Tls, resource, process.unwrap_or_default())
+            }
+        };
+        self.assemble(&header, kind, resource, &process, metadata)
+    }
+
+    fn assemble(
+        &mut self,
+        header: &Header,
+        kind: EventKind,
+        resource: String,
+        process: &ProcessInfo,
+        metadata: HashMap<String, String>,
+    ) -> Event {
+        let timestamp_ns = self.clock.to_unix_ns(header.boot_ns);
+        let seconds = u64::try_from(timestamp_ns.div_euclid(1_000_000_000)).unwrap_or(0);
+        let nanos = u32::try_from(timestamp_ns.rem_euclid(1_000_000_000)).unwrap_or(0);
+        Event {
+            event_id: Uuid::new_v7(Timestamp::from_unix(NoContext, seconds, nanos)).to_string(),
+            agent_id: String::new(),
+            discovered_agent_id: String::new(),
+            kind: kind as i32,
+            resource,
+            verdict: Verdict::Allow as i32,
+            severity: Severity::Info as i32,
+            pid: i64::from(header.pid),
+            process_exe: process.exe.to_string(),
+            cmdline: process.cmdline.to_string(),
+            timestamp_ns,
+            metadata: with_lineage(metadata, process),
+            seq: self.seq.allocate(),
+            ppid: i64::from(if header.ppid != 0 {
+                header.ppid
+            } else {
+                process.ppid
+            }),
+            agent_type: String::new(),
+            policy_version: 0,
+        }
+    }
+}
+
+fn with_lineage(
+    mut metadata: HashMap<String, String>,
+    process: &ProcessInfo,
+) -> HashMap<String, String> {
+    if !process.lineage.is_empty() {
+        metadata.insert("lineage".to_owned(), process.lineage.to_string());
+    }
+    metadata
+}
+
+fn socket_address(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+fn socket_protocol(sock_type: u16) -> &'static str {
+    match sock_type {
+        1 => "tcp",
+        2 => "udp",
+        _ => "other",
+    }
+}
+
+/// `dir` joined with `name` (or `name` alone when absolute), with `.` and
+/// `..` resolved lexically: the best that can be said of a path that failed
+/// to open, since nothing on disk resolves it.
+fn join_lexically(dir: &[u8], name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    let mut joined = if name.starts_with('/') || dir.is_empty() {
+        PathBuf::from(name.as_ref())
+    } else {
+        Path::new(String::from_utf8_lossy(dir).as_ref()).join(name.as_ref())
+    };
+    let mut clean = PathBuf::new();
+    for component in joined.components() {
+        match component {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        joined = PathBuf::from(".");
+    } else {
+        joined = clean;
+    }
+    joined.to_string_lossy().into_owned()
+}
+
+/// Open flags as `O_*` names.
+fn open_flags_text(flags: u32) -> String {
+    const NAMED: [(u32, &str); 10] = [
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o4000, "O_NONBLOCK"),
+        (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o10000000, "O_PATH"),
+        (0o20200000, "O_TMPFILE"),
+    ];
+    let access = match flags & 0o3 {
+        0 => "O_RDONLY",
+        1 => "O_WRONLY",
+        2 => "O_RDWR",
+        _ => "O_ACCMODE",
+    };
+    let mut text = access.to_owned();
+    for (bit, name) in NAMED {
+        if flags & bit == bit {
+            text.push('|');
+            text.push_str(name);
+        }
+    }
+    text
+}
+
+fn errno_text(errno: i32) -> String {
+    let name = match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        13 => "EACCES",
+        17 => "EEXIST",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        24 => "EMFILE",
+        30 => "EROFS",
+        36 => "ENAMETOOLONG",
+        40 => "ELOOP",
+        _ => return errno.to_string(),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::record::encode;
+
+    fn builder() -> EventBuilder {
+        EventBuilder::new(
+            ProcessCache::with_proc_root(
+                NonZeroUsize::new(64).expect("nonzero"),
+                PathBuf::from("/nonexistent"),
+            ),
+            BootClock::with_offset(1_700_000_000_000_000_000),
+            SeqAllocator::in_memory(),
+        )
+    }
+
+    #[test]
+    fn exec_then_open_is_enriched() {
+        let mut b = builder();
+        let exec = b
+            .build(&encode::exec(
+                50,
+                1,
+                "cat",
+                "/usr/bin/cat",
+                &["cat", "/etc/hosts"],
+            ))
+            .expect("exec");
+        assert_eq!(exec.kind, EventKind::Exec as i32);
+        assert_eq!(exec.resource, "/usr/bin/cat");
+        assert_eq!(exec.cmdline, "cat /etc/hosts");
+        assert_eq!(exec.seq, 1);
+        assert_eq!(exec.timestamp_ns, 1_700_000_001_000_000_000);
+        let open = b
+            .build(&encode::file_open(50, "cat", "/etc/hosts", false))
+            .expect("open");
+        assert_eq!(open.kind, EventKind::FileRead as i32);
+        assert_eq!(open.process_exe, "/usr/bin/cat");
+        assert_eq!(open.cmdline, "cat /etc/hosts");
+        assert_eq!(open.metadata["flags"], "O_RDONLY|O_CLOEXEC");
+        assert_eq!(open.seq, 2);
+        let id = Uuid::parse_str(&open.event_id).expect("uuid");
+        assert_eq!(id.get_version_num(), 7);
+        let exit = b.build(&encode::exit(50, "cat", 3 << 8)).expect("exit");
+        assert_eq!(exit.kind, EventKind::Exit as i32);
+        assert_eq!(exit.metadata["exit_code"], "3");
+        assert_eq!(exit.resource, "/usr/bin/cat");
+    }
+
+    #[test]
+    fn connect_metadata() {
+        let mut b = builder();
+        let event = b
+            .build(&encode::connect(9, "curl", [127, 0, 0, 7], 8443))
+            .expect("connect");
+        assert_eq!(event.resource, "127.0.0.7:8443");
+        assert_eq!(event.metadata["remote_port"], "8443");
+        assert_eq!(event.metadata["protocol"], "tcp");
+    }
+
+    #[test]
+    fn failed_paths_join_lexically() {
+        assert_eq!(join_lexically(b"/home/u/src", b"../x/./y"), "/home/u/x/y");
+        assert_eq!(join_lexically(b"/home/u", b"/etc/passwd"), "/etc/passwd");
+        assert_eq!(join_lexically(b"", b"rel"), "rel");
+        assert_eq!(open_flags_text(0o101 | 0o1000), "O_WRONLY|O_CREAT|O_TRUNC");
+        assert_eq!(errno_text(2), "ENOENT");
+        assert_eq!(errno_text(99), "99");
+    }
+}

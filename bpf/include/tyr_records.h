@@ -1,0 +1,138 @@
+/* Records tyr's eBPF programs write to the ring buffer, and the maps they
+ * share. This header is the one definition of these layouts: tyrd reads
+ * them through the types libbpf-cargo generates from it.
+ *
+ * Every record starts with struct tyr_record_header; a fixed part follows,
+ * then variable-length data whose lengths the fixed part gives. */
+#pragma once
+
+/* Event kinds, numbered as tyr.v1.EventKind. Also the index of the per-kind
+ * counters of records that could not be emitted. */
+enum tyr_event_kind {
+	TYR_KIND_UNSPECIFIED = 0,
+	TYR_KIND_FILE_READ = 1,
+	TYR_KIND_FILE_WRITE = 2,
+	TYR_KIND_EXEC = 3,
+	TYR_KIND_NET_CONNECT = 4,
+	TYR_KIND_TLS = 5,
+	TYR_KIND_EXIT = 6,
+	TYR_KIND_FORK = 7,
+	TYR_KIND_COUNT = 8,
+};
+
+/* Layouts of the records on the ring. */
+enum tyr_record_type {
+	TYR_REC_EXEC = 1,
+	TYR_REC_FORK = 2,
+	TYR_REC_EXIT = 3,
+	TYR_REC_FILE = 4,
+	TYR_REC_CONNECT = 5,
+	TYR_REC_TLS = 6,
+};
+
+/* Where a file record came from. */
+enum tyr_file_source {
+	TYR_FILE_SOURCE_LSM = 1,     /* lsm/file_open: path from the opened file */
+	TYR_FILE_SOURCE_SYSCALL = 2, /* openat/openat2/open/creat tracepoints */
+};
+
+/* Header flags. */
+#define TYR_F_TRUNCATED (1U << 0)   /* variable data was cut at its bound */
+#define TYR_F_OWNER_UNKNOWN (1U << 1) /* TLS: no process known for the socket */
+
+#define TYR_COMM_LEN 16
+/* Bounds of the variable-length parts. */
+#define TYR_PATH_MAX 4096
+#define TYR_ARGV_MAX 1024
+#define TYR_HELLO_MAX 2048
+/* Size of the data area records are built in (covers every bound above). */
+#define TYR_DATA_SIZE 16384
+
+struct tyr_record_header {
+	__u16 type;      /* enum tyr_record_type */
+	__u16 kind;      /* enum tyr_event_kind */
+	__u32 size;      /* bytes of the whole record, header included */
+	__u64 boot_ns;   /* bpf_ktime_get_boot_ns() when the record was made */
+	__u32 pid;       /* thread group id of the acting process */
+	__u32 tid;
+	__u32 ppid;      /* thread group id of its parent */
+	__u32 uid;
+	__u32 gid;
+	__u32 flags;     /* TYR_F_* */
+	char comm[TYR_COMM_LEN];
+};
+
+/* data: exe path (exe_len bytes), then argv (argv_len bytes, NUL-separated). */
+struct tyr_exec_fixed {
+	struct tyr_record_header hdr;
+	__u32 exe_len;
+	__u32 argv_len;
+};
+
+struct tyr_fork_fixed {
+	struct tyr_record_header hdr; /* pid: the parent */
+	__u32 child_pid;
+	__u32 reserved;
+};
+
+struct tyr_exit_fixed {
+	struct tyr_record_header hdr;
+	__u32 exit_code; /* wait status: (code << 8) | signal */
+	__u32 reserved;
+};
+
+/* data: path (path_len bytes), then name (name_len bytes).
+ * After a successful open, path is the opened file's absolute path and name
+ * is empty. After a failed one, name is the path as the caller passed it and
+ * path the directory it is relative to (empty when name is absolute). */
+struct tyr_file_fixed {
+	struct tyr_record_header hdr;
+	__s32 result;     /* fd, or -errno */
+	__u32 open_flags; /* O_* flags as passed */
+	__u16 path_len;
+	__u16 name_len;
+	__u16 source;     /* enum tyr_file_source */
+	__u16 reserved;
+};
+
+struct tyr_connect_fixed {
+	struct tyr_record_header hdr;
+	__u16 family;     /* AF_INET or AF_INET6 */
+	__u16 port;       /* host byte order */
+	__u16 sock_type;  /* SOCK_STREAM, SOCK_DGRAM, ... */
+	__u16 protocol;
+	__u8 addr[16];    /* IPv4 in the first 4 bytes */
+	__u64 cookie;     /* socket cookie */
+};
+
+/* data: the start of the TCP payload carrying a TLS ClientHello. */
+struct tyr_tls_fixed {
+	struct tyr_record_header hdr;
+	__u16 family;
+	__u16 remote_port; /* host byte order */
+	__u16 hello_len;   /* bytes of data */
+	__u16 reserved;
+	__u8 remote_addr[16];
+	__u64 cookie;
+};
+
+/* Settings, written by tyrd into the config map before attaching. */
+struct tyr_config {
+	__u32 kinds_enabled;   /* bit (1 << kind) set: the kind is traced */
+	__u32 filter_comm;     /* nonzero: only processes whose comm is in tyr_filter_comms */
+	__u32 filter_pid;      /* nonzero: only processes in tyr_filter_pids */
+	__u32 self_tgid;       /* tyrd itself, never traced */
+	__u64 ring_size;       /* bytes of the tyr_events ring */
+	__u64 ring_headroom;   /* space kept for process lifecycle records */
+};
+
+/* Who owns a socket: recorded at connect so egress packets can be attributed. */
+struct tyr_sock_owner {
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 reserved;
+	char comm[TYR_COMM_LEN];
+};
