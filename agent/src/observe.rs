@@ -158,6 +158,14 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         );
     }
 
+    let attached = capture
+        .capabilities()
+        .hooks
+        .iter()
+        .filter(|h| h.attached)
+        .count();
+    eprintln!("tyrd: observing ({attached} hooks attached)");
+
     let (sender, receiver) = crossbeam_channel::bounded::<Event>(options.queue_capacity);
     let policy = options.batch;
     let writer = std::thread::Builder::new()
