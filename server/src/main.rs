@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(
                 created = outcome.created,
                 retention_changed = outcome.retention_changed,
+                kinds_extended = outcome.kinds_extended,
                 retention_days = event_store.retention_days,
                 "events schema applied"
             );

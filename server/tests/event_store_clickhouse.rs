@@ -212,12 +212,43 @@ async fn hundred_thousand_events_round_trip_through_arrow_and_rowbinary() {
 
     // Schema from schema/events.sql: created once, then left alone, then
     // its retention follows the configuration.
-    let outcome = schema::apply(&store, 30).await.expect("apply schema");
-    assert!(outcome.created && !outcome.retention_changed);
+    let created = schema::apply(&store, 30).await.expect("apply schema");
+    assert!(
+        created.created && !created.kinds_extended && !created.retention_changed,
+        "{created:?}"
+    );
+    // A table created before EXIT and FORK existed gets the new kinds.
+    store
+        .client()
+        .query("DROP TABLE events")
+        .execute()
+        .await
+        .expect("drop");
+    let old_kinds = "Enum8('EVENT_KIND_UNSPECIFIED' = 0, 'FILE_READ' = 1, 'FILE_WRITE' = 2, \
+                     'EXEC' = 3, 'NET_CONNECT' = 4, 'TLS' = 5)";
+    let old_ddl = schema::events_ddl(30).replace(schema::KIND_COLUMN_TYPE, old_kinds);
+    assert_ne!(old_ddl, schema::events_ddl(30));
+    store
+        .client()
+        .query(&old_ddl)
+        .execute()
+        .await
+        .expect("old table");
+    let extended = schema::apply(&store, 30).await.expect("apply schema");
+    assert!(
+        !extended.created && extended.kinds_extended && !extended.retention_changed,
+        "{extended:?}"
+    );
     let again = schema::apply(&store, 30).await.expect("apply schema again");
-    assert!(!again.created && !again.retention_changed);
+    assert!(
+        !again.created && !again.retention_changed && !again.kinds_extended,
+        "{again:?}"
+    );
     let longer = schema::apply(&store, 400).await.expect("change retention");
-    assert!(!longer.created && longer.retention_changed);
+    assert!(
+        !longer.created && longer.retention_changed && !longer.kinds_extended,
+        "{longer:?}"
+    );
     let engine: String = store
         .client()
         .query("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'events'")

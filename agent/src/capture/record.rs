@@ -285,6 +285,27 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     }
 }
 
+/// Splits a recording made with `tyrd observe --record-raw` (each record
+/// as a little-endian u32 length, then its bytes) into records.
+pub fn split_recording(bytes: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(4).ok_or(DecodeError::Truncated {
+            len: rest.len(),
+            need: 4,
+        })?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (record, tail) = tail.split_at_checked(len).ok_or(DecodeError::Truncated {
+            len: tail.len(),
+            need: len,
+        })?;
+        records.push(record);
+        rest = tail;
+    }
+    Ok(records)
+}
+
 /// Builders of raw records in the kernel's layout, for tests, fuzzing and
 /// benchmarks.
 pub mod encode {
@@ -461,6 +482,23 @@ mod tests {
         let mut unknown = encode::exit(1, "x", 0);
         unknown[0] = 99;
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownType(99)));
+    }
+
+    #[test]
+    fn the_recorded_fixture_decodes_completely() {
+        let bytes = include_bytes!("../../../bench/data/raw_records.bin");
+        let records = split_recording(bytes).expect("well-formed recording");
+        assert!(records.len() > 1000);
+        let mut kinds = std::collections::BTreeSet::new();
+        for raw in &records {
+            kinds.insert(decode(raw).expect("recorded records decode").header().kind);
+        }
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6, 7],
+            "every kind recorded"
+        );
+        assert!(split_recording(&bytes[..bytes.len() - 1]).is_err());
     }
 
     proptest! {

@@ -6,6 +6,11 @@ use super::{EVENTS_TABLE, EventStore, EventStoreError};
 /// The DDL as written in `schema/events.sql`, with its `{retention_days}` slot.
 pub const EVENTS_DDL_TEMPLATE: &str = include_str!("../../../schema/events.sql");
 
+/// The `kind` column's type, as ClickHouse prints it. New `EventKind`
+/// values are appended over time; ClickHouse extends an Enum8 in place.
+pub const KIND_COLUMN_TYPE: &str = "Enum8('EVENT_KIND_UNSPECIFIED' = 0, 'FILE_READ' = 1, \
+     'FILE_WRITE' = 2, 'EXEC' = 3, 'NET_CONNECT' = 4, 'TLS' = 5, 'EXIT' = 6, 'FORK' = 7)";
+
 /// What applying the schema changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchemaOutcome {
@@ -13,6 +18,8 @@ pub struct SchemaOutcome {
     pub created: bool,
     /// The table existed with another retention; its TTL was changed.
     pub retention_changed: bool,
+    /// The table's `kind` enum lacked values this server knows; it was extended.
+    pub kinds_extended: bool,
 }
 
 /// The events DDL for a retention of `retention_days` days.
@@ -50,27 +57,51 @@ pub async fn apply(
         return Ok(SchemaOutcome {
             created: true,
             retention_changed: false,
+            kinds_extended: false,
         });
     };
 
-    let wanted = normalised_ttl(retention_days);
-    if engine_full.contains(&wanted) {
-        return Ok(SchemaOutcome {
-            created: false,
-            retention_changed: false,
-        });
+    let retention_changed = !engine_full.contains(&normalised_ttl(retention_days));
+    if retention_changed {
+        store
+            .client
+            .query(&format!(
+                "ALTER TABLE {EVENTS_TABLE} MODIFY TTL toDateTime(timestamp) + toIntervalDay({retention_days})"
+            ))
+            .execute()
+            .await?;
     }
-    store
-        .client
-        .query(&format!(
-            "ALTER TABLE {EVENTS_TABLE} MODIFY TTL toDateTime(timestamp) + toIntervalDay({retention_days})"
-        ))
-        .execute()
-        .await?;
+    let kinds_extended = column_type(store, "kind").await?.as_deref() != Some(KIND_COLUMN_TYPE);
+    if kinds_extended {
+        store
+            .client
+            .query(&format!(
+                "ALTER TABLE {EVENTS_TABLE} MODIFY COLUMN kind {KIND_COLUMN_TYPE}"
+            ))
+            .execute()
+            .await?;
+    }
     Ok(SchemaOutcome {
         created: false,
-        retention_changed: true,
+        retention_changed,
+        kinds_extended,
     })
+}
+
+/// The type of a column of the events table, as ClickHouse prints it.
+async fn column_type(store: &EventStore, column: &str) -> Result<Option<String>, EventStoreError> {
+    let rows = store
+        .server
+        .query(
+            "SELECT type FROM system.columns \
+             WHERE database = {db:String} AND table = {table:String} AND name = {column:String}",
+        )
+        .param("db", store.database())
+        .param("table", EVENTS_TABLE)
+        .param("column", column)
+        .fetch_all::<String>()
+        .await?;
+    Ok(rows.into_iter().next())
 }
 
 /// The `engine_full` text of the events table, or None when it does not exist.
@@ -104,5 +135,9 @@ mod tests {
         assert!(ddl.contains("toIntervalDay(30)"));
         assert!(!ddl.contains("{retention_days}"));
         assert!(ddl.contains("CREATE TABLE IF NOT EXISTS events"));
+        assert!(
+            ddl.contains(&format!("kind                {KIND_COLUMN_TYPE},")),
+            "DDL and constant agree"
+        );
     }
 }
