@@ -17,6 +17,8 @@ static __always_inline void tyr_remember_owner(struct bpf_sock_addr *ctx, const 
 		.ppid = hdr->ppid,
 		.uid = hdr->uid,
 		.gid = hdr->gid,
+		.agent = hdr->agent,
+		.agent_type = hdr->agent_type,
 	};
 	__builtin_memcpy(owner.comm, hdr->comm, sizeof(owner.comm));
 	bpf_map_update_elem(&tyr_sock_owners, &cookie, &owner, BPF_ANY);

@@ -54,6 +54,14 @@ int BPF_PROG(tyr_fork, struct task_struct *parent, struct task_struct *child)
 	/* A new thread is not a new process. */
 	if (child->pid != child->tgid)
 		return 0;
+	/* The child belongs to its parent's agent from its first syscall. */
+	__u32 parent_tgid = parent->tgid;
+	__u32 child_tgid = child->tgid;
+	struct tyr_agent_class *agent = bpf_map_lookup_elem(&tyr_agents, &parent_tgid);
+	if (agent) {
+		struct tyr_agent_class inherited = *agent;
+		bpf_map_update_elem(&tyr_agents, &child_tgid, &inherited, BPF_ANY);
+	}
 	struct tyr_fork_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
 	if (!rec) {
 		tyr_count_lost(TYR_KIND_FORK);
@@ -75,15 +83,18 @@ int tyr_exit(struct trace_event_raw_sched_process_template *ctx)
 	 * zero before this tracepoint fires. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct tyr_exit_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
-	if (!rec) {
+	if (rec) {
+		tyr_fill_header(&rec->hdr, TYR_REC_EXIT, TYR_KIND_EXIT);
+		rec->hdr.size = sizeof(*rec);
+		rec->exit_code = BPF_CORE_READ(task, exit_code);
+		rec->reserved = 0;
+		bpf_ringbuf_submit(rec, 0);
+	} else {
 		tyr_count_lost(TYR_KIND_EXIT);
-		return 0;
 	}
-	tyr_fill_header(&rec->hdr, TYR_REC_EXIT, TYR_KIND_EXIT);
-	rec->hdr.size = sizeof(*rec);
-	rec->exit_code = BPF_CORE_READ(task, exit_code);
-	rec->reserved = 0;
-	bpf_ringbuf_submit(rec, 0);
+	/* After the record, which still names the process's agent. */
+	bpf_map_delete_elem(&tyr_agents, &tgid);
 	return 0;
 }

@@ -95,6 +95,8 @@ int tyr_tls_egress(struct __sk_buff *skb)
 		rec->hdr.ppid = owner->ppid;
 		rec->hdr.uid = owner->uid;
 		rec->hdr.gid = owner->gid;
+		rec->hdr.agent = owner->agent;
+		rec->hdr.agent_type = owner->agent_type;
 		__builtin_memcpy(rec->hdr.comm, owner->comm, sizeof(rec->hdr.comm));
 	} else {
 		rec->hdr.flags |= TYR_F_OWNER_UNKNOWN;

@@ -10,6 +10,9 @@ fn main() {
     }
     let descriptors = protox::compile(protos, ["."]).expect("proto files must parse");
     tonic_prost_build::configure()
+        // Ordered maps: metadata prints and stores in a stable order, and
+        // inserting a handful of short keys is cheaper than hashing them.
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)

@@ -37,9 +37,7 @@ impl HostFacts {
     /// Reads the facts of the running kernel.
     pub fn read() -> Self {
         let mounts = fs::read_to_string(MOUNTINFO).unwrap_or_default();
-        let active_lsms = fs::read_to_string(LSM_LIST)
-            .ok()
-            .map(|list| parse_lsm_list(&list));
+        let active_lsms = fs::read_to_string(LSM_LIST).ok().map(|list| parse_lsm_list(&list));
         Self {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
@@ -48,9 +46,7 @@ impl HostFacts {
             btf_vmlinux: Path::new(VMLINUX_BTF).exists(),
             cgroup2_mount: mount_point(&mounts, "cgroup2"),
             bpffs_mount: mount_point(&mounts, "bpf"),
-            bpf_lsm_listed: active_lsms
-                .as_ref()
-                .is_some_and(|lsms| lsms.iter().any(|lsm| lsm == "bpf")),
+            bpf_lsm_listed: active_lsms.as_ref().is_some_and(|lsms| lsms.iter().any(|lsm| lsm == "bpf")),
             active_lsms,
         }
     }
@@ -58,11 +54,7 @@ impl HostFacts {
 
 /// Splits `/sys/kernel/security/lsm` ("lockdown,capability,bpf").
 fn parse_lsm_list(list: &str) -> Vec<String> {
-    list.trim()
-        .split(',')
-        .filter(|lsm| !lsm.is_empty())
-        .map(str::to_owned)
-        .collect()
+    list.trim().split(',').filter(|lsm| !lsm.is_empty()).map(str::to_owned).collect()
 }
 
 /// The first mount point of a filesystem type in `/proc/self/mountinfo`.
@@ -130,20 +122,8 @@ fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
     let target = std::ffi::CString::new(target)?;
     // SAFETY: all pointers are valid NUL-terminated strings for the duration
     // of the call; no data argument is passed.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            source.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]
@@ -161,14 +141,8 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_in_a_hybrid_layout() {
-        assert_eq!(
-            mount_point(HYBRID, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            mount_point(HYBRID, "bpf"),
-            Some(PathBuf::from("/sys/fs/my bpf"))
-        );
+        assert_eq!(mount_point(HYBRID, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(mount_point(HYBRID, "bpf"), Some(PathBuf::from("/sys/fs/my bpf")));
         assert_eq!(mount_point(HYBRID, "tracefs"), None);
         assert_eq!(mount_point("garbage\n\n - \n", "cgroup2"), None);
     }
@@ -177,14 +151,7 @@ mod tests {
     fn parses_the_lsm_list() {
         assert_eq!(
             parse_lsm_list("lockdown,capability,landlock,yama,apparmor,bpf\n"),
-            [
-                "lockdown",
-                "capability",
-                "landlock",
-                "yama",
-                "apparmor",
-                "bpf"
-            ]
+            ["lockdown", "capability", "landlock", "yama", "apparmor", "bpf"]
         );
         assert!(parse_lsm_list("").is_empty());
     }

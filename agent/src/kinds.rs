@@ -39,10 +39,7 @@ impl KindSet {
 
 impl FromIterator<EventKind> for KindSet {
     fn from_iter<I: IntoIterator<Item = EventKind>>(iter: I) -> Self {
-        Self(
-            iter.into_iter()
-                .fold(0, |bits, kind| bits | 1 << kind as u32),
-        )
+        Self(iter.into_iter().fold(0, |bits, kind| bits | 1 << kind as u32))
     }
 }
 
@@ -50,15 +47,10 @@ impl FromIterator<EventKind> for KindSet {
 /// `file-read`.
 pub fn parse_kind(text: &str) -> Result<EventKind, String> {
     let name = text.trim().to_ascii_uppercase().replace('-', "_");
-    EventKind::from_str_name(&name)
-        .filter(|kind| *kind != EventKind::Unspecified)
-        .ok_or_else(|| {
-            let known: Vec<String> = ALL_KINDS
-                .iter()
-                .map(|k| k.as_str_name().to_ascii_lowercase())
-                .collect();
-            format!("unknown event kind {text:?} (known: {})", known.join(", "))
-        })
+    EventKind::from_str_name(&name).filter(|kind| *kind != EventKind::Unspecified).ok_or_else(|| {
+        let known: Vec<String> = ALL_KINDS.iter().map(|k| k.as_str_name().to_ascii_lowercase()).collect();
+        format!("unknown event kind {text:?} (known: {})", known.join(", "))
+    })
 }
 
 #[cfg(test)]
@@ -69,11 +61,7 @@ mod tests {
     fn parses_and_collects() {
         assert_eq!(parse_kind("file_read"), Ok(EventKind::FileRead));
         assert_eq!(parse_kind("NET-CONNECT"), Ok(EventKind::NetConnect));
-        assert!(
-            parse_kind("bogus")
-                .unwrap_err()
-                .contains("known: file_read")
-        );
+        assert!(parse_kind("bogus").unwrap_err().contains("known: file_read"));
         assert!(parse_kind("event_kind_unspecified").is_err());
         let set: KindSet = [EventKind::Exec, EventKind::Tls].into_iter().collect();
         assert!(set.contains(EventKind::Exec) && !set.contains(EventKind::FileRead));

@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod capture;
+pub mod detect;
 pub mod host;
 pub mod kinds;
 pub mod observe;

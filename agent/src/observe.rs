@@ -23,6 +23,9 @@ use serde::Serialize;
 use tyr_proto::{Event, EventKind, Severity, Verdict};
 
 use crate::capture::{Capture, CaptureConfig};
+use crate::detect::exe_hash::ExeHasher;
+use crate::detect::registry::Registry;
+use crate::detect::tracker::{AgentTracker, UnregisteredAgents};
 use crate::kinds::{ALL_KINDS, KIND_COUNT, KindSet};
 use crate::pipeline::batcher::{self, BatchPolicy};
 use crate::pipeline::clock::BootClock;
@@ -46,6 +49,8 @@ pub struct ObserveOptions {
     pub state_dir: PathBuf,
     /// Also write every raw record here (length-prefixed), for replay.
     pub record_raw: Option<PathBuf>,
+    /// What happens to processes no agent signature claims.
+    pub unregistered_agents: UnregisteredAgents,
 }
 
 /// An event as one JSON line: the Event message's field names.
@@ -62,6 +67,8 @@ struct JsonEvent<'a> {
     process_exe: &'a str,
     cmdline: &'a str,
     timestamp_ns: i64,
+    agent_type: &'a str,
+    discovered_agent_id: &'a str,
     metadata: BTreeMap<&'a str, &'a str>,
 }
 
@@ -82,11 +89,9 @@ fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
         process_exe: &event.process_exe,
         cmdline: &event.cmdline,
         timestamp_ns: event.timestamp_ns,
-        metadata: event
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
+        agent_type: &event.agent_type,
+        discovered_agent_id: &event.discovered_agent_id,
+        metadata: event.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -107,6 +112,12 @@ pub struct Counters {
     pub tls_unparsed: u64,
     /// Processes looked up in /proc because they started before tyrd.
     pub proc_reads: u64,
+    /// AI agents discovered on this host so far.
+    pub agents_discovered: usize,
+    /// Writes to the kernel's pid -> agent map that failed.
+    pub agent_map_failures: u64,
+    /// Saves of the discovered-agents file that failed.
+    pub agent_save_failures: u64,
 }
 
 /// Which events the userspace filters let through.
@@ -121,11 +132,7 @@ impl Selection {
     fn admits(&self, event: &Event) -> bool {
         EventKind::try_from(event.kind).is_ok_and(|kind| self.kinds.contains(kind))
             && (self.pids.is_empty() || self.pids.contains(&event.pid))
-            && (self.comms.is_empty()
-                || event
-                    .metadata
-                    .get("comm")
-                    .is_some_and(|c| self.comms.contains(c)))
+            && (self.comms.is_empty() || event.metadata.get("comm").is_some_and(|c| self.comms.contains(c)))
     }
 }
 
@@ -133,58 +140,42 @@ impl Selection {
 pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
     }
     let seq = SeqAllocator::persistent(&options.state_dir)
         .with_context(|| format!("state directory {}", options.state_dir.display()))?;
     let mut raw_out = match &options.record_raw {
-        Some(path) => Some(BufWriter::new(
-            File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
+        Some(path) => {
+            let mut out = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+            out.write_all(&crate::capture::record::recording_header())?;
+            Some(out)
+        }
         None => None,
     };
 
     let capture = Capture::start(&options.capture).context("starting kernel capture")?;
     for hook in capture.capabilities().hooks.iter().filter(|h| !h.attached) {
-        let fallback = if hook.fallback.is_empty() {
-            "none".to_owned()
-        } else {
-            hook.fallback.clone()
-        };
-        eprintln!(
-            "tyrd: hook {} not attached ({}); fallback: {fallback}",
-            hook.name, hook.error
-        );
+        let fallback = if hook.fallback.is_empty() { "none".to_owned() } else { hook.fallback.clone() };
+        eprintln!("tyrd: hook {} not attached ({}); fallback: {fallback}", hook.name, hook.error);
     }
 
-    let attached = capture
-        .capabilities()
-        .hooks
-        .iter()
-        .filter(|h| h.attached)
-        .count();
+    let attached = capture.capabilities().hooks.iter().filter(|h| h.attached).count();
     eprintln!("tyrd: observing ({attached} hooks attached)");
 
     let (sender, receiver) = crossbeam_channel::bounded::<Event>(options.queue_capacity);
     let policy = options.batch;
-    let writer = std::thread::Builder::new()
-        .name("tyrd-writer".into())
-        .spawn(move || {
-            let stdout = std::io::stdout();
-            let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-            let mut printed = 0u64;
-            batcher::run(&receiver, policy, |batch| {
-                let written = batch
-                    .iter()
-                    .try_for_each(|event| write_event(&mut out, event))
-                    .and_then(|()| out.flush());
-                printed += batch.len() as u64;
-                // A closed stdout (broken pipe) ends observation normally.
-                written.is_ok()
-            });
-            printed
-        })?;
+    let writer = std::thread::Builder::new().name("tyrd-writer".into()).spawn(move || {
+        let stdout = std::io::stdout();
+        let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+        let mut printed = 0u64;
+        batcher::run(&receiver, policy, |batch| {
+            let written = batch.iter().try_for_each(|event| write_event(&mut out, event)).and_then(|()| out.flush());
+            printed += batch.len() as u64;
+            // A closed stdout (broken pipe) ends observation normally.
+            written.is_ok()
+        });
+        printed
+    })?;
 
     let selection = Selection {
         kinds: options.capture.kinds,
@@ -192,7 +183,15 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         comms: options.capture.comms.clone(),
     };
     let capacity = NonZeroUsize::new(PROCESS_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
-    let mut builder = EventBuilder::new(ProcessCache::new(capacity), BootClock::now(), seq);
+    let registry = Registry::open(&options.state_dir).context("loading discovered agents")?;
+    let tracker = AgentTracker::new(
+        registry,
+        Some(ExeHasher::start()),
+        Some(capture.agent_map()?),
+        PathBuf::from("/proc"),
+        options.unregistered_agents,
+    );
+    let mut builder = EventBuilder::new(ProcessCache::new(capacity), BootClock::now(), seq, tracker);
     let mut seen = [0u64; KIND_COUNT];
     let mut decode_failed = 0u64;
     let output_closed = Cell::new(false);
@@ -203,18 +202,13 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         let mut ring_builder = RingBufferBuilder::new();
         ring_builder.add(&ring, |raw: &[u8]| {
             if let Some(out) = raw_out.as_mut()
-                && let Err(error) = out
-                    .write_all(&(raw.len() as u32).to_le_bytes())
-                    .and_then(|()| out.write_all(raw))
+                && let Err(error) = out.write_all(&(raw.len() as u32).to_le_bytes()).and_then(|()| out.write_all(raw))
             {
                 raw_error = Some(error);
             }
             match builder.build(raw) {
                 Ok(event) => {
-                    if let Some(count) = usize::try_from(event.kind)
-                        .ok()
-                        .and_then(|k| seen.get_mut(k))
-                    {
+                    if let Some(count) = usize::try_from(event.kind).ok().and_then(|k| seen.get_mut(k)) {
                         *count += 1;
                     }
                     if selection.admits(&event) && sender.send(event).is_err() {
@@ -244,9 +238,7 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         }
     }
     drop(sender);
-    let printed = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    let printed = writer.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
     if let Some(mut out) = raw_out {
         out.flush().context("writing raw records")?;
     }
@@ -257,10 +249,7 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     drop(capture);
 
     let named = |counts: &[u64; KIND_COUNT]| -> BTreeMap<&'static str, u64> {
-        ALL_KINDS
-            .iter()
-            .map(|&kind| (kind.as_str_name(), counts[kind as usize]))
-            .collect()
+        ALL_KINDS.iter().map(|&kind| (kind.as_str_name(), counts[kind as usize])).collect()
     };
     Ok(Counters {
         seen: named(&seen),
@@ -269,5 +258,8 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         printed,
         tls_unparsed: builder.tls_unparsed,
         proc_reads: builder.cache().proc_reads,
+        agents_discovered: builder.agents().registry().agents().len(),
+        agent_map_failures: builder.agents().kernel_update_failures,
+        agent_save_failures: builder.agents().registry().save_failures,
     })
 }

@@ -35,11 +35,7 @@ fn burst(extra: &[&str]) -> (u64, u64, f64) {
     );
     let children: Vec<_> = (0..2)
         .map(|_| {
-            Command::new("python3")
-                .args(["-c", &script])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("python3")
+            Command::new("python3").args(["-c", &script]).stdout(std::process::Stdio::piped()).spawn().expect("python3")
         })
         .collect();
     let pids: Vec<i64> = children.iter().map(|c| i64::from(c.id())).collect();
@@ -47,10 +43,7 @@ fn burst(extra: &[&str]) -> (u64, u64, f64) {
     for child in children {
         let out = child.wait_with_output().expect("burst finished");
         assert!(out.status.success());
-        let secs: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("elapsed");
+        let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("elapsed");
         slowest = slowest.max(secs);
     }
     observer.settle();
@@ -62,9 +55,7 @@ fn burst(extra: &[&str]) -> (u64, u64, f64) {
         .filter(|e| field(e, "kind") == "FILE_READ" && field(e, "resource") == path)
         .filter(|e| pids.contains(&e["pid"].as_i64().unwrap_or(-1)))
         .count() as u64;
-    let lost = observed.counters["lost"]["FILE_READ"]
-        .as_u64()
-        .expect("lost counter");
+    let lost = observed.counters["lost"]["FILE_READ"].as_u64().expect("lost counter");
     assert_eq!(observed.counters["decode_failed"], 0);
     let _ = std::fs::remove_file(&file);
     (captured, lost, (2 * PER_PROCESS) as f64 / slowest)
@@ -75,42 +66,20 @@ fn burst_of_opens_is_captured_or_counted_exactly() {
     let total = 2 * PER_PROCESS;
     let (captured, lost, rate) = burst(&[]);
     println!("default ring: {captured} captured, {lost} lost, {rate:.0} opens/s");
-    assert_eq!(
-        captured + lost,
-        total,
-        "missing {} but {lost} counted lost",
-        total - captured
-    );
+    assert_eq!(captured + lost, total, "missing {} but {lost} counted lost", total - captured);
 
     let (captured, lost, rate) = burst(&["--ring-mb", "1", "--queue-capacity", "64"]);
     println!("1 MiB ring: {captured} captured, {lost} lost, {rate:.0} opens/s");
-    assert_eq!(
-        captured + lost,
-        total,
-        "missing {} but {lost} counted lost",
-        total - captured
-    );
+    assert_eq!(captured + lost, total, "missing {} but {lost} counted lost", total - captured);
 }
 
 #[test]
 fn probe_reports_hooks_and_the_file_open_fallback() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tyrd"))
-        .arg("probe")
-        .output()
-        .expect("tyrd probe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tyrd")).arg("probe").output().expect("tyrd probe");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let hooks = report["hooks"].as_array().expect("hooks");
-    let hook = |name: &str| {
-        hooks
-            .iter()
-            .find(|h| h["name"] == name)
-            .unwrap_or_else(|| panic!("hook {name} reported"))
-    };
+    let hook = |name: &str| hooks.iter().find(|h| h["name"] == name).unwrap_or_else(|| panic!("hook {name} reported"));
     for always in [
         "tp/sched/sched_process_exec",
         "tp/sched/sched_process_exit",
@@ -135,36 +104,20 @@ fn probe_reports_hooks_and_the_file_open_fallback() {
     }
     // This CI host refuses BPF LSM (see ENVIRONMENT.md); deploy/test.sh says so.
     if std::env::var("TYR_EXPECT_BPF_LSM").as_deref() == Ok("no") {
-        assert_eq!(
-            lsm["attached"], false,
-            "BPF LSM unexpectedly available: {lsm}"
-        );
+        assert_eq!(lsm["attached"], false, "BPF LSM unexpectedly available: {lsm}");
     }
     assert_eq!(report["tls_capture"], true);
     assert_eq!(report["enforce_exec"], false, "exec deny is not built yet");
-    assert!(
-        report["kernel_version"]
-            .as_str()
-            .is_some_and(|v| !v.is_empty())
-    );
+    assert!(report["kernel_version"].as_str().is_some_and(|v| !v.is_empty()));
     // Events say which hook served them.
-    let observer = Observer::start(&[
-        "--kind",
-        "file_read",
-        "--pid",
-        &std::process::id().to_string(),
-    ]);
+    let observer = Observer::start(&["--kind", "file_read", "--pid", &std::process::id().to_string()]);
     let path = std::env::temp_dir().join(marker("tyr-probe-"));
     std::fs::write(&path, b"x").expect("write");
     std::fs::File::open(&path).expect("open");
     let path_text = path.to_str().expect("utf-8").to_owned();
     let event = observer.wait_for("probe file", |e| field(e, "resource") == path_text);
     observer.stop();
-    let expected_source = if lsm["attached"] == true {
-        "lsm"
-    } else {
-        "syscall"
-    };
+    let expected_source = if lsm["attached"] == true { "lsm" } else { "syscall" };
     assert_eq!(meta(&event, "source"), expected_source);
     let _ = std::fs::remove_file(&path);
 }

@@ -44,9 +44,7 @@ fn tls_server() -> (u16, CertificateDer<'static>) {
                 let mut tls = rustls::StreamOwned::new(conn, stream);
                 let mut buf = [0u8; 1024];
                 let _ = tls.read(&mut buf);
-                let _ = tls.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
                 tls.conn.send_close_notify();
                 let _ = tls.flush();
             });
@@ -68,14 +66,10 @@ fn rustls_client(port: u16, cert: CertificateDer<'static>) {
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
     let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: api.openai.com\r\n\r\n")
-        .expect("request over TLS");
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: api.openai.com\r\n\r\n").expect("request over TLS");
     let mut response = Vec::new();
     let _ = tls.read_to_end(&mut response);
-    assert!(
-        String::from_utf8_lossy(&response).contains("200 OK"),
-        "handshake completed"
-    );
+    assert!(String::from_utf8_lossy(&response).contains("200 OK"), "handshake completed");
 }
 
 #[test]
@@ -84,13 +78,7 @@ fn sni_from_openssl_rustls_and_python() {
     let observer = Observer::start(&["--kind", "tls"]);
 
     let curl = Command::new("curl")
-        .args([
-            "-sk",
-            "--max-time",
-            "10",
-            "--resolve",
-            &format!("{SNI}:{port}:127.0.0.1"),
-        ])
+        .args(["-sk", "--max-time", "10", "--resolve", &format!("{SNI}:{port}:127.0.0.1")])
         .arg(format!("https://{SNI}:{port}/"))
         .spawn()
         .expect("curl");
@@ -108,19 +96,14 @@ fn sni_from_openssl_rustls_and_python() {
          s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname='{SNI}')\n\
          s.close()\n"
     );
-    let python = Command::new("python3")
-        .args(["-c", &script])
-        .spawn()
-        .expect("python3");
+    let python = Command::new("python3").args(["-c", &script]).spawn().expect("python3");
     let python_pid = python.id();
     let python_out = python.wait_with_output().expect("python finished");
     assert!(python_out.status.success());
 
     let me = std::process::id();
     for (who, pid) in [("curl", curl_pid), ("rustls", me), ("python", python_pid)] {
-        let event = observer.wait_for(who, |e| {
-            field(e, "kind") == "TLS" && e["pid"].as_i64() == Some(i64::from(pid))
-        });
+        let event = observer.wait_for(who, |e| field(e, "kind") == "TLS" && e["pid"].as_i64() == Some(i64::from(pid)));
         assert_eq!(field(&event, "resource"), SNI, "{who}: {event}");
         assert_eq!(meta(&event, "sni"), SNI, "{who}");
         assert_eq!(meta(&event, "remote_ip"), "127.0.0.1", "{who}");

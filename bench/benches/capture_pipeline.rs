@@ -11,6 +11,11 @@ use tyr_agent::capture::record::split_recording;
 use tyr_agent::pipeline::batcher::{Batch, BatchPolicy};
 use tyr_agent::pipeline::event_builder::EventBuilder;
 
+/// tyrd's allocator (see agent/src/main.rs): the pipeline allocates a few
+/// strings per event, so the allocator is part of what is measured.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORDING: &[u8] = include_bytes!("../data/raw_records.bin");
 
 fn decode_enrich_batch(c: &mut Criterion) {

@@ -19,12 +19,7 @@ fn build_batches(c: &mut Criterion) {
         b.iter(|| {
             for event in &events {
                 builder
-                    .push(StoredEvent {
-                        agent_id,
-                        event,
-                        server_verdict: Verdict::Allow,
-                        drift_detected: false,
-                    })
+                    .push(StoredEvent { agent_id, event, server_verdict: Verdict::Allow, drift_detected: false })
                     .expect("synthetic events are valid");
             }
             black_box(builder.finish())

@@ -59,6 +59,8 @@ struct tyr_record_header {
 	__u32 uid;
 	__u32 gid;
 	__u32 flags;     /* TYR_F_* */
+	__u32 agent;     /* discovered-agent index of the process (0: none), see tyr_agent_class */
+	__u32 agent_type;/* agent type class (0: none) */
 	char comm[TYR_COMM_LEN];
 };
 
@@ -133,6 +135,16 @@ struct tyr_sock_owner {
 	__u32 ppid;
 	__u32 uid;
 	__u32 gid;
+	__u32 agent;
+	__u32 agent_type;
 	__u32 reserved;
 	char comm[TYR_COMM_LEN];
+};
+
+/* The AI agent a process belongs to, written by tyrd when it classifies a
+ * process and copied to every child at fork in the kernel, so a child is
+ * governed from its first syscall. */
+struct tyr_agent_class {
+	__u32 agent;      /* discovered-agent index (tyrd's registry), nonzero */
+	__u32 agent_type; /* agent type class: 1 + index in the known-agent table */
 };

@@ -49,6 +49,14 @@ struct {
 	__type(value, __u8);
 } tyr_filter_pids SEC(".maps");
 
+/* Thread group id -> the AI agent it belongs to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct tyr_agent_class);
+} tyr_agents SEC(".maps");
+
 /* Socket cookie -> owning process, written at connect, read on egress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -86,6 +94,7 @@ struct tyr_connect_fixed tyr_type_connect = {};
 struct tyr_tls_fixed tyr_type_tls = {};
 struct tyr_config tyr_type_config = {};
 struct tyr_sock_owner tyr_type_sock_owner = {};
+struct tyr_agent_class tyr_type_agent_class = {};
 
 static __always_inline struct tyr_config *tyr_config(void)
 {
@@ -144,6 +153,10 @@ static __always_inline void tyr_fill_header(struct tyr_record_header *hdr, __u16
 	hdr->uid = (__u32)uid_gid;
 	hdr->gid = uid_gid >> 32;
 	hdr->flags = 0;
+	__u32 tgid = hdr->pid;
+	struct tyr_agent_class *agent = bpf_map_lookup_elem(&tyr_agents, &tgid);
+	hdr->agent = agent ? agent->agent : 0;
+	hdr->agent_type = agent ? agent->agent_type : 0;
 	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 

@@ -8,12 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "tyr", version)]
 struct Cli {
     /// Base URL of tyr-server's REST API.
-    #[arg(
-        long,
-        global = true,
-        env = "TYR_SERVER",
-        default_value = "https://127.0.0.1:7701"
-    )]
+    #[arg(long, global = true, env = "TYR_SERVER", default_value = "https://127.0.0.1:7701")]
     server: String,
     #[command(subcommand)]
     command: Command,

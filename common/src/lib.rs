@@ -1,4 +1,5 @@
 //! Code shared by tyrd, tyr-server and the CLI: data tables and models that
 //! must mean the same thing on every side of the wire.
 
+pub mod agents;
 pub mod providers;

@@ -18,15 +18,10 @@ impl HostMatch {
     fn matches(self, host: &str) -> bool {
         match self {
             HostMatch::Domain(domain) => {
-                host == domain
-                    || host
-                        .strip_suffix(domain)
-                        .is_some_and(|rest| rest.ends_with('.'))
+                host == domain || host.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.'))
             }
             HostMatch::PrefixSuffix(prefix, suffix) => {
-                host.len() > prefix.len() + suffix.len()
-                    && host.starts_with(prefix)
-                    && host.ends_with(suffix)
+                host.len() > prefix.len() + suffix.len() && host.starts_with(prefix) && host.ends_with(suffix)
             }
         }
     }
@@ -40,23 +35,11 @@ const PROVIDERS: &[(HostMatch, &str)] = &[
     (HostMatch::Domain("anthropic.com"), "anthropic"),
     (HostMatch::Domain("claude.ai"), "anthropic"),
     (HostMatch::Domain("mistral.ai"), "mistral"),
-    (
-        HostMatch::Domain("generativelanguage.googleapis.com"),
-        "google",
-    ),
+    (HostMatch::Domain("generativelanguage.googleapis.com"), "google"),
     (HostMatch::Domain("aiplatform.googleapis.com"), "google"),
-    (
-        HostMatch::PrefixSuffix("", "-aiplatform.googleapis.com"),
-        "google",
-    ),
-    (
-        HostMatch::PrefixSuffix("bedrock-runtime.", ".amazonaws.com"),
-        "aws-bedrock",
-    ),
-    (
-        HostMatch::PrefixSuffix("bedrock.", ".amazonaws.com"),
-        "aws-bedrock",
-    ),
+    (HostMatch::PrefixSuffix("", "-aiplatform.googleapis.com"), "google"),
+    (HostMatch::PrefixSuffix("bedrock-runtime.", ".amazonaws.com"), "aws-bedrock"),
+    (HostMatch::PrefixSuffix("bedrock.", ".amazonaws.com"), "aws-bedrock"),
     (HostMatch::Domain("cohere.ai"), "cohere"),
     (HostMatch::Domain("cohere.com"), "cohere"),
     (HostMatch::Domain("groq.com"), "groq"),
@@ -70,10 +53,7 @@ const PROVIDERS: &[(HostMatch, &str)] = &[
     (HostMatch::Domain("replicate.com"), "replicate"),
     (HostMatch::Domain("huggingface.co"), "huggingface"),
     (HostMatch::Domain("githubcopilot.com"), "github-copilot"),
-    (
-        HostMatch::Domain("copilot-proxy.githubusercontent.com"),
-        "github-copilot",
-    ),
+    (HostMatch::Domain("copilot-proxy.githubusercontent.com"), "github-copilot"),
     (HostMatch::Domain("cursor.sh"), "cursor"),
     (HostMatch::Domain("cursor.com"), "cursor"),
 ];
@@ -87,10 +67,7 @@ pub fn provider_for_server_name(server_name: &str) -> Option<&'static str> {
         return None;
     }
     let host = trimmed.to_ascii_lowercase();
-    PROVIDERS
-        .iter()
-        .find(|(pattern, _)| pattern.matches(&host))
-        .map(|&(_, provider)| provider)
+    PROVIDERS.iter().find(|(pattern, _)| pattern.matches(&host)).map(|&(_, provider)| provider)
 }
 
 #[cfg(test)]
@@ -103,19 +80,10 @@ mod tests {
         assert_eq!(provider("API.OpenAI.com."), Some("openai"));
         assert_eq!(provider("api.anthropic.com"), Some("anthropic"));
         assert_eq!(provider("api.mistral.ai"), Some("mistral"));
-        assert_eq!(
-            provider("generativelanguage.googleapis.com"),
-            Some("google")
-        );
-        assert_eq!(
-            provider("us-central1-aiplatform.googleapis.com"),
-            Some("google")
-        );
+        assert_eq!(provider("generativelanguage.googleapis.com"), Some("google"));
+        assert_eq!(provider("us-central1-aiplatform.googleapis.com"), Some("google"));
         assert_eq!(provider("myco.openai.azure.com"), Some("azure-openai"));
-        assert_eq!(
-            provider("bedrock-runtime.us-east-1.amazonaws.com"),
-            Some("aws-bedrock")
-        );
+        assert_eq!(provider("bedrock-runtime.us-east-1.amazonaws.com"), Some("aws-bedrock"));
         assert_eq!(provider("api.x.ai"), Some("xai"));
     }
 

@@ -12,8 +12,8 @@ use tyr_proto::agent_service_client::AgentServiceClient;
 use tyr_proto::agent_service_server::{AgentService, AgentServiceServer};
 use tyr_proto::server_message::Payload as ServerPayload;
 use tyr_proto::{
-    AgentMessage, CapabilityReport, Event, EventBatch, EventKind, PolicyPush, RegisterRequest,
-    RegisterResponse, ServerMessage, Verdict,
+    AgentMessage, CapabilityReport, Event, EventBatch, EventKind, PolicyPush, RegisterRequest, RegisterResponse,
+    ServerMessage, Verdict,
 };
 
 /// Answers Register with a fixed identity and each CapabilityReport with a
@@ -24,10 +24,7 @@ type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + S
 
 #[tonic::async_trait]
 impl AgentService for Echo {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let request = request.into_inner();
         if request.enrollment_token != "tyr_good" {
             return Err(Status::unauthenticated("enrollment token refused"));
@@ -41,10 +38,7 @@ impl AgentService for Echo {
 
     type StreamStream = ServerStream;
 
-    async fn stream(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+    async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = request.into_inner();
         let (replies, outbound) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -55,9 +49,7 @@ impl AgentService for Echo {
                         cedar_text: format!("// for {}", report.kernel_version),
                         ..PolicyPush::default()
                     };
-                    let reply = ServerMessage {
-                        payload: Some(ServerPayload::Policy(push)),
-                    };
+                    let reply = ServerMessage { payload: Some(ServerPayload::Policy(push)) };
                     if replies.send(Ok(reply)).await.is_err() {
                         break;
                     }
@@ -70,9 +62,7 @@ impl AgentService for Echo {
 
 #[tokio::test]
 async fn register_and_stream_round_trip_over_loopback() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let address = listener.local_addr().expect("address");
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -80,9 +70,7 @@ async fn register_and_stream_round_trip_over_loopback() {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
-    let mut client = AgentServiceClient::connect(format!("http://{address}"))
-        .await
-        .expect("connect");
+    let mut client = AgentServiceClient::connect(format!("http://{address}")).await.expect("connect");
 
     let registered = client
         .register(RegisterRequest {
@@ -99,10 +87,7 @@ async fn register_and_stream_round_trip_over_loopback() {
     assert_eq!(registered.client_cert_pem, b"csr");
 
     let refused = client
-        .register(RegisterRequest {
-            enrollment_token: "wrong".into(),
-            ..RegisterRequest::default()
-        })
+        .register(RegisterRequest { enrollment_token: "wrong".into(), ..RegisterRequest::default() })
         .await
         .expect_err("bad token refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
@@ -114,16 +99,8 @@ async fn register_and_stream_round_trip_over_loopback() {
             ..CapabilityReport::default()
         })),
     };
-    let mut responses = client
-        .stream(tokio_stream::iter([report]))
-        .await
-        .expect("open stream")
-        .into_inner();
-    let reply = responses
-        .next()
-        .await
-        .expect("one reply")
-        .expect("ok reply");
+    let mut responses = client.stream(tokio_stream::iter([report])).await.expect("open stream").into_inner();
+    let reply = responses.next().await.expect("one reply").expect("ok reply");
     match reply.payload {
         Some(ServerPayload::Policy(push)) => {
             assert_eq!(push.policy_version, 42);
@@ -131,10 +108,7 @@ async fn register_and_stream_round_trip_over_loopback() {
         }
         other => panic!("expected a PolicyPush, got {other:?}"),
     }
-    assert!(
-        responses.next().await.is_none(),
-        "stream ends when the agent's side ends"
-    );
+    assert!(responses.next().await.is_none(), "stream ends when the agent's side ends");
     server.abort();
 }
 
@@ -142,18 +116,10 @@ async fn register_and_stream_round_trip_over_loopback() {
 fn event_fields_keep_their_documented_numbers() {
     use prost::Message;
     // Field 4 (kind) = TLS, field 13 (seq) = 7: numbers are the wire contract.
-    let event = Event {
-        kind: EventKind::Tls as i32,
-        verdict: Verdict::Deny as i32,
-        seq: 7,
-        ..Event::default()
-    };
+    let event = Event { kind: EventKind::Tls as i32, verdict: Verdict::Deny as i32, seq: 7, ..Event::default() };
     let bytes = event.encode_to_vec();
     assert_eq!(bytes, [4 << 3, 5, 6 << 3, 2, 13 << 3, 7]);
-    let batch = EventBatch {
-        events: vec![event.clone()],
-        batch_id: 1,
-    };
+    let batch = EventBatch { events: vec![event.clone()], batch_id: 1 };
     let decoded = EventBatch::decode(batch.encode_to_vec().as_slice()).expect("decode");
     assert_eq!(decoded.events, [event]);
 }

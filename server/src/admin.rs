@@ -17,9 +17,7 @@ pub async fn migrate(config: &ControlDbConfig) -> anyhow::Result<usize> {
 }
 
 /// Creates or updates the ClickHouse events table.
-pub async fn apply_event_schema(
-    config: &EventStoreConfig,
-) -> anyhow::Result<schema::SchemaOutcome> {
+pub async fn apply_event_schema(config: &EventStoreConfig) -> anyhow::Result<schema::SchemaOutcome> {
     let store = EventStore::new(config)?;
     schema::apply(&store, config.retention_days)
         .await
@@ -42,23 +40,17 @@ pub struct StoreStatus {
 }
 
 /// Reads the state of both stores; fails when either is unreachable.
-pub async fn status(
-    control: &ControlDbConfig,
-    events: &EventStoreConfig,
-) -> anyhow::Result<StoreStatus> {
+pub async fn status(control: &ControlDbConfig, events: &EventStoreConfig) -> anyhow::Result<StoreStatus> {
     let pool = control_db::connect(control).await?;
     let applied = control_db::applied_versions(&pool).await?;
     pool.close().await;
     let known = control_db::MIGRATOR.iter().count();
 
     let store = EventStore::new(events)?;
-    let clickhouse_version = store
-        .server_version()
-        .await
-        .with_context(|| format!("ClickHouse at {} does not answer", events.url))?;
-    let events_stored = schema::event_count(&store)
-        .await
-        .context("reading the events table (run `tyr-server schema` first)")?;
+    let clickhouse_version =
+        store.server_version().await.with_context(|| format!("ClickHouse at {} does not answer", events.url))?;
+    let events_stored =
+        schema::event_count(&store).await.context("reading the events table (run `tyr-server schema` first)")?;
 
     Ok(StoreStatus {
         control_db_pending: known.saturating_sub(applied.len()),

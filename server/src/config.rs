@@ -7,19 +7,10 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct ControlDbConfig {
     /// PostgreSQL connection URL, e.g. `postgres://tyr:…@127.0.0.1/tyr`.
-    #[arg(
-        id = "database_url",
-        long = "database-url",
-        env = "TYR_DATABASE_URL",
-        hide_env_values = true
-    )]
+    #[arg(id = "database_url", long = "database-url", env = "TYR_DATABASE_URL", hide_env_values = true)]
     pub url: String,
     /// Most connections the server holds open to PostgreSQL.
-    #[arg(
-        long = "database-max-connections",
-        env = "TYR_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16
-    )]
+    #[arg(long = "database-max-connections", env = "TYR_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
 }
 
@@ -44,11 +35,7 @@ pub struct EventStoreConfig {
     )]
     pub database: String,
     /// ClickHouse user.
-    #[arg(
-        id = "clickhouse_user",
-        long = "clickhouse-user",
-        env = "TYR_CLICKHOUSE_USER"
-    )]
+    #[arg(id = "clickhouse_user", long = "clickhouse-user", env = "TYR_CLICKHOUSE_USER")]
     pub user: Option<String>,
     /// ClickHouse password.
     #[arg(

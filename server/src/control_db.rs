@@ -50,15 +50,13 @@ pub async fn migrate(pool: &PgPool) -> Result<usize, ControlDbError> {
 ///
 /// An empty list means the database has never been migrated.
 pub async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, ControlDbError> {
-    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
-        .fetch_one(pool)
-        .await?;
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text").fetch_one(pool).await?;
     if table.is_none() {
         return Ok(Vec::new());
     }
-    let versions =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?;
+    let versions = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(pool)
+        .await?;
     Ok(versions)
 }

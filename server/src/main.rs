@@ -41,9 +41,7 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TYR_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("TYR_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
@@ -72,10 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "events schema applied"
             );
         }
-        Command::Status {
-            control_db,
-            event_store,
-        } => {
+        Command::Status { control_db, event_store } => {
             let status = admin::status(&control_db, &event_store).await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
         }

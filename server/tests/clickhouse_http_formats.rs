@@ -32,11 +32,7 @@ async fn scratch_table(client: &Client) -> (Client, String) {
 }
 
 async fn drop_database(client: &Client, database: &str) {
-    client
-        .query(&format!("DROP DATABASE {database}"))
-        .execute()
-        .await
-        .expect("drop scratch database");
+    client.query(&format!("DROP DATABASE {database}")).execute().await.expect("drop scratch database");
 }
 
 #[tokio::test]
@@ -48,11 +44,7 @@ async fn row_binary_and_json_inserts_text_outputs_and_parameters() {
     let mut insert = db.insert::<Sample>("samples").await.expect("insert");
     for id in 0..1_000u32 {
         insert
-            .write(&Sample {
-                id,
-                name: format!("row-{id}\ttab"),
-                score: f64::from(id) / 4.0,
-            })
+            .write(&Sample { id, name: format!("row-{id}\ttab"), score: f64::from(id) / 4.0 })
             .await
             .expect("write row");
     }
@@ -79,48 +71,18 @@ async fn row_binary_and_json_inserts_text_outputs_and_parameters() {
     assert_eq!(
         rows,
         vec![
-            Sample {
-                id: 998,
-                name: "row-998\ttab".into(),
-                score: 249.5
-            },
-            Sample {
-                id: 999,
-                name: "row-999\ttab".into(),
-                score: 249.75
-            },
-            Sample {
-                id: 5000,
-                name: "json \"quoted\"".into(),
-                score: 1.5
-            },
-            Sample {
-                id: 5001,
-                name: "ünïcode".into(),
-                score: -2.0
-            },
+            Sample { id: 998, name: "row-998\ttab".into(), score: 249.5 },
+            Sample { id: 999, name: "row-999\ttab".into(), score: 249.75 },
+            Sample { id: 5000, name: "json \"quoted\"".into(), score: 1.5 },
+            Sample { id: 5001, name: "ünïcode".into(), score: -2.0 },
         ]
     );
 
-    let json_out = fetch_text(
-        &db,
-        "SELECT id, name FROM samples WHERE id = 5001",
-        "JSONEachRow",
-    )
-    .await;
+    let json_out = fetch_text(&db, "SELECT id, name FROM samples WHERE id = 5001", "JSONEachRow").await;
     assert_eq!(json_out, "{\"id\":5001,\"name\":\"ünïcode\"}\n");
-    let tsv_out = fetch_text(
-        &db,
-        "SELECT id, name FROM samples WHERE id = 1",
-        "TabSeparated",
-    )
-    .await;
+    let tsv_out = fetch_text(&db, "SELECT id, name FROM samples WHERE id = 1", "TabSeparated").await;
     assert_eq!(tsv_out, "1\trow-1\\ttab\n");
-    let count: u64 = db
-        .query("SELECT count() FROM samples")
-        .fetch_one()
-        .await
-        .expect("count");
+    let count: u64 = db.query("SELECT count() FROM samples").fetch_one().await.expect("count");
     assert_eq!(count, 1_002);
 
     // A malformed JSONEachRow body is refused with ClickHouse's error and
@@ -129,11 +91,7 @@ async fn row_binary_and_json_inserts_text_outputs_and_parameters() {
     bad.send(r#"{"id": "not a number"}"#.into()).await.ok();
     let error = bad.end().await.expect_err("malformed rows refused");
     assert!(error.to_string().contains("Code: "), "{error}");
-    let count: u64 = db
-        .query("SELECT count() FROM samples")
-        .fetch_one()
-        .await
-        .expect("count");
+    let count: u64 = db.query("SELECT count() FROM samples").fetch_one().await.expect("count");
     assert_eq!(count, 1_002);
 
     drop_database(&client, &database).await;
@@ -156,14 +114,7 @@ async fn concurrent_clients_each_get_their_own_results() {
                 for round in 0..10u32 {
                     let id = worker * 1_000 + round;
                     let mut insert = db.insert::<Sample>("samples").await.expect("insert");
-                    insert
-                        .write(&Sample {
-                            id,
-                            name: format!("w{worker}"),
-                            score: 0.0,
-                        })
-                        .await
-                        .expect("write");
+                    insert.write(&Sample { id, name: format!("w{worker}"), score: 0.0 }).await.expect("write");
                     insert.end().await.expect("end");
                     let name: String = db
                         .query("SELECT name FROM samples WHERE id = {id:UInt32}")
@@ -187,20 +138,10 @@ async fn concurrent_clients_each_get_their_own_results() {
     for task in tasks {
         task.await.expect("worker");
     }
-    let count: u64 = db
-        .query("SELECT count() FROM samples")
-        .fetch_one()
-        .await
-        .expect("count");
+    let count: u64 = db.query("SELECT count() FROM samples").fetch_one().await.expect("count");
     assert_eq!(count, 160);
-    let leaked: u8 = db
-        .query("SELECT changed FROM system.settings WHERE name = 'max_threads'")
-        .fetch_one()
-        .await
-        .expect("settings");
-    assert_eq!(
-        leaked, 0,
-        "per-request settings are reset after each request"
-    );
+    let leaked: u8 =
+        db.query("SELECT changed FROM system.settings WHERE name = 'max_threads'").fetch_one().await.expect("settings");
+    assert_eq!(leaked, 0, "per-request settings are reset after each request");
     drop_database(&client, &database).await;
 }

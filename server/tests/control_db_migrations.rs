@@ -19,8 +19,7 @@ struct ScratchDb {
 
 impl ScratchDb {
     async fn create() -> Self {
-        let admin_options =
-            PgConnectOptions::from_str(&support::database_url()).expect("valid URL");
+        let admin_options = PgConnectOptions::from_str(&support::database_url()).expect("valid URL");
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(admin_options.clone())
@@ -42,13 +41,10 @@ impl ScratchDb {
 
     async fn drop_now(self) {
         self.pool.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await
-        .expect("drop scratch database");
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("drop scratch database");
     }
 }
 
@@ -63,10 +59,7 @@ fn sql_state(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Stri
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
-async fn insert_user(
-    pool: &PgPool,
-    username: &str,
-) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+async fn insert_user(pool: &PgPool, username: &str) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
     sqlx::query("INSERT INTO users (id, username, password_hash) VALUES ($1, $2, $3)")
         .bind(Uuid::now_v7())
         .bind(username)
@@ -80,42 +73,19 @@ async fn migrations_apply_once_and_constraints_hold() {
     let db = ScratchDb::create().await;
     let known = control_db::MIGRATOR.iter().count();
     assert!(known >= 1);
-    assert!(
-        control_db::applied_versions(&db.pool)
-            .await
-            .expect("versions")
-            .is_empty()
-    );
-    assert_eq!(
-        control_db::migrate(&db.pool)
-            .await
-            .expect("first migration run"),
-        known
-    );
-    assert_eq!(
-        control_db::migrate(&db.pool)
-            .await
-            .expect("second migration run"),
-        0
-    );
-    assert_eq!(
-        control_db::applied_versions(&db.pool)
-            .await
-            .expect("versions")
-            .len(),
-        known
-    );
+    assert!(control_db::applied_versions(&db.pool).await.expect("versions").is_empty());
+    assert_eq!(control_db::migrate(&db.pool).await.expect("first migration run"), known);
+    assert_eq!(control_db::migrate(&db.pool).await.expect("second migration run"), 0);
+    assert_eq!(control_db::applied_versions(&db.pool).await.expect("versions").len(), known);
 
     // Usernames are unique regardless of case.
     insert_user(&db.pool, "alice").await.expect("first user");
     assert_eq!(sql_state(insert_user(&db.pool, "Alice").await), "23505");
     // A password must be stored as an argon2id hash.
-    let plain = sqlx::query(
-        "INSERT INTO users (id, username, password_hash) VALUES ($1, 'bob', 'hunter2')",
-    )
-    .bind(Uuid::now_v7())
-    .execute(&db.pool)
-    .await;
+    let plain = sqlx::query("INSERT INTO users (id, username, password_hash) VALUES ($1, 'bob', 'hunter2')")
+        .bind(Uuid::now_v7())
+        .execute(&db.pool)
+        .await;
     assert_eq!(sql_state(plain), "23514");
 
     // A token cannot be used more often than allowed.
@@ -129,22 +99,17 @@ async fn migrations_apply_once_and_constraints_hold() {
     .execute(&db.pool)
     .await
     .expect("token");
-    let consume = || {
-        sqlx::query("UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1")
-            .bind(token)
-            .execute(&db.pool)
-    };
+    let consume =
+        || sqlx::query("UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1").bind(token).execute(&db.pool);
     consume().await.expect("first use");
     assert_eq!(sql_state(consume().await), "23514");
 
     // Assignments must name an existing policy, and a target has one base.
-    let orphan = sqlx::query(
-        "INSERT INTO policy_assignments (id, policy_id, scope) VALUES ($1, $2, 'base')",
-    )
-    .bind(Uuid::now_v7())
-    .bind(Uuid::now_v7())
-    .execute(&db.pool)
-    .await;
+    let orphan = sqlx::query("INSERT INTO policy_assignments (id, policy_id, scope) VALUES ($1, $2, 'base')")
+        .bind(Uuid::now_v7())
+        .bind(Uuid::now_v7())
+        .execute(&db.pool)
+        .await;
     assert_eq!(sql_state(orphan), "23503");
     let mut policies = Vec::new();
     for name in ["strict", "relaxed"] {
@@ -166,25 +131,20 @@ async fn migrations_apply_once_and_constraints_hold() {
     assign_base(policies[0]).await.expect("fleet base policy");
     assert_eq!(sql_state(assign_base(policies[1]).await), "23505");
     // An overlay names its agent type; a base does not.
-    let overlay_without_type = sqlx::query(
-        "INSERT INTO policy_assignments (id, policy_id, scope) VALUES ($1, $2, 'overlay')",
-    )
-    .bind(Uuid::now_v7())
-    .bind(policies[1])
-    .execute(&db.pool)
-    .await;
+    let overlay_without_type =
+        sqlx::query("INSERT INTO policy_assignments (id, policy_id, scope) VALUES ($1, $2, 'overlay')")
+            .bind(Uuid::now_v7())
+            .bind(policies[1])
+            .execute(&db.pool)
+            .await;
     assert_eq!(sql_state(overlay_without_type), "23514");
 
     // Policy versions come from one monotonic sequence.
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM policies ORDER BY created_at, version")
-            .fetch_all(&db.pool)
-            .await
-            .expect("versions");
-    assert!(
-        versions.windows(2).all(|w| w[0] < w[1]),
-        "versions {versions:?} must increase"
-    );
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM policies ORDER BY created_at, version")
+        .fetch_all(&db.pool)
+        .await
+        .expect("versions");
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions {versions:?} must increase");
 
     db.drop_now().await;
 }

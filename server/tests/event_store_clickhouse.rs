@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, FixedSizeBinaryArray, MapArray, RecordBatch, StringArray};
 use arrow::datatypes::{Int8Type, Int64Type, TimestampNanosecondType, UInt64Type};
@@ -34,34 +34,17 @@ fn config(database: &str, retention_days: u32) -> EventStoreConfig {
 /// Events with values that exercise every column: all kinds, verdicts and
 /// severities, non-ASCII text, empty and multi-entry metadata.
 fn events() -> Vec<(Event, Verdict, bool)> {
-    let kinds = [
-        EventKind::FileRead,
-        EventKind::FileWrite,
-        EventKind::Exec,
-        EventKind::NetConnect,
-        EventKind::Tls,
-    ];
+    let kinds = [EventKind::FileRead, EventKind::FileWrite, EventKind::Exec, EventKind::NetConnect, EventKind::Tls];
     let verdicts = [Verdict::Allow, Verdict::Deny, Verdict::Alert];
-    let severities = [
-        Severity::Info,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
+    let severities = [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
     (0..ROWS)
         .map(|i| {
-            let metadata: HashMap<String, String> = (0..i % 4)
-                .map(|k| (format!("key{k}"), format!("välue {i}/{k}")))
-                .collect();
+            let metadata: BTreeMap<String, String> =
+                (0..i % 4).map(|k| (format!("key{k}"), format!("välue {i}/{k}"))).collect();
             let event = Event {
                 event_id: Uuid::now_v7().to_string(),
                 agent_id: String::new(),
-                discovered_agent_id: if i % 3 == 0 {
-                    String::new()
-                } else {
-                    Uuid::new_v4().to_string()
-                },
+                discovered_agent_id: if i % 3 == 0 { String::new() } else { Uuid::new_v4().to_string() },
                 kind: kinds[i % kinds.len()] as i32,
                 resource: format!("/srv/data/файл-{i}.txt"),
                 verdict: verdicts[i % verdicts.len()] as i32,
@@ -103,7 +86,7 @@ struct EventRow {
     timestamp: i64,
     seq: u64,
     policy_version: i64,
-    metadata: HashMap<String, String>,
+    metadata: BTreeMap<String, String>,
 }
 
 const SELECT_ALL: &str = "SELECT event_id, agent_id, discovered_agent_id, agent_type, kind, resource, \
@@ -111,18 +94,10 @@ const SELECT_ALL: &str = "SELECT event_id, agent_id, discovered_agent_id, agent_
      policy_version, metadata FROM events ORDER BY seq";
 
 fn discovered(event: &Event) -> Uuid {
-    if event.discovered_agent_id.is_empty() {
-        Uuid::nil()
-    } else {
-        event.discovered_agent_id.parse().expect("uuid")
-    }
+    if event.discovered_agent_id.is_empty() { Uuid::nil() } else { event.discovered_agent_id.parse().expect("uuid") }
 }
 
-fn check_row(
-    row: &EventRow,
-    agent_id: Uuid,
-    (event, server_verdict, drift): &(Event, Verdict, bool),
-) {
+fn check_row(row: &EventRow, agent_id: Uuid, (event, server_verdict, drift): &(Event, Verdict, bool)) {
     assert_eq!(row.event_id.to_string(), event.event_id);
     assert_eq!(row.agent_id, agent_id);
     assert_eq!(row.discovered_agent_id, discovered(event));
@@ -146,11 +121,7 @@ fn check_row(
 fn check_arrow(batches: &[RecordBatch], agent_id: Uuid, expected: &[(Event, Verdict, bool)]) {
     let mut next = expected.iter();
     for batch in batches {
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap_or_else(|| panic!("column {name}"))
-        };
+        let column = |name: &str| batch.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
         let uuid_at = |name: &str, i: usize| {
             let array: &FixedSizeBinaryArray = column(name).as_fixed_size_binary();
             Uuid::from_slice(array.value(i)).expect("16 bytes")
@@ -178,23 +149,14 @@ fn check_arrow(batches: &[RecordBatch], agent_id: Uuid, expected: &[(Event, Verd
             assert_eq!(i64_at("ppid", i), event.ppid);
             assert_eq!(string_at("process_exe", i), event.process_exe);
             assert_eq!(string_at("cmdline", i), event.cmdline);
-            assert_eq!(
-                column("timestamp")
-                    .as_primitive::<TimestampNanosecondType>()
-                    .value(i),
-                event.timestamp_ns
-            );
-            assert_eq!(
-                column("seq").as_primitive::<UInt64Type>().value(i),
-                event.seq
-            );
+            assert_eq!(column("timestamp").as_primitive::<TimestampNanosecondType>().value(i), event.timestamp_ns);
+            assert_eq!(column("seq").as_primitive::<UInt64Type>().value(i), event.seq);
             assert_eq!(i64_at("policy_version", i), event.policy_version);
             let entries = metadata.value(i);
             let keys: &StringArray = entries.column(0).as_string();
             let values: &StringArray = entries.column(1).as_string();
-            let map: HashMap<String, String> = (0..entries.len())
-                .map(|j| (keys.value(j).to_owned(), values.value(j).to_owned()))
-                .collect();
+            let map: BTreeMap<String, String> =
+                (0..entries.len()).map(|j| (keys.value(j).to_owned(), values.value(j).to_owned())).collect();
             assert_eq!(map, event.metadata);
         }
     }
@@ -205,50 +167,25 @@ fn check_arrow(batches: &[RecordBatch], agent_id: Uuid, expected: &[(Event, Verd
 async fn hundred_thousand_events_round_trip_through_arrow_and_rowbinary() {
     let database = support::scratch_name("tyr_test");
     let store = EventStore::new(&config(&database, 30)).expect("config");
-    store
-        .server_version()
-        .await
-        .expect("ClickHouse must answer (deploy/dev/setup.sh starts the dev endpoint)");
+    store.server_version().await.expect("ClickHouse must answer (deploy/dev/setup.sh starts the dev endpoint)");
 
     // Schema from schema/events.sql: created once, then left alone, then
     // its retention follows the configuration.
     let created = schema::apply(&store, 30).await.expect("apply schema");
-    assert!(
-        created.created && !created.kinds_extended && !created.retention_changed,
-        "{created:?}"
-    );
+    assert!(created.created && !created.kinds_extended && !created.retention_changed, "{created:?}");
     // A table created before EXIT and FORK existed gets the new kinds.
-    store
-        .client()
-        .query("DROP TABLE events")
-        .execute()
-        .await
-        .expect("drop");
+    store.client().query("DROP TABLE events").execute().await.expect("drop");
     let old_kinds = "Enum8('EVENT_KIND_UNSPECIFIED' = 0, 'FILE_READ' = 1, 'FILE_WRITE' = 2, \
                      'EXEC' = 3, 'NET_CONNECT' = 4, 'TLS' = 5)";
     let old_ddl = schema::events_ddl(30).replace(schema::KIND_COLUMN_TYPE, old_kinds);
     assert_ne!(old_ddl, schema::events_ddl(30));
-    store
-        .client()
-        .query(&old_ddl)
-        .execute()
-        .await
-        .expect("old table");
+    store.client().query(&old_ddl).execute().await.expect("old table");
     let extended = schema::apply(&store, 30).await.expect("apply schema");
-    assert!(
-        !extended.created && extended.kinds_extended && !extended.retention_changed,
-        "{extended:?}"
-    );
+    assert!(!extended.created && extended.kinds_extended && !extended.retention_changed, "{extended:?}");
     let again = schema::apply(&store, 30).await.expect("apply schema again");
-    assert!(
-        !again.created && !again.retention_changed && !again.kinds_extended,
-        "{again:?}"
-    );
+    assert!(!again.created && !again.retention_changed && !again.kinds_extended, "{again:?}");
     let longer = schema::apply(&store, 400).await.expect("change retention");
-    assert!(
-        !longer.created && longer.retention_changed && !longer.kinds_extended,
-        "{longer:?}"
-    );
+    assert!(!longer.created && longer.retention_changed && !longer.kinds_extended, "{longer:?}");
     let engine: String = store
         .client()
         .query("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'events'")
@@ -265,12 +202,7 @@ async fn hundred_thousand_events_round_trip_through_arrow_and_rowbinary() {
     let mut batches = Vec::new();
     for (event, server_verdict, drift_detected) in &expected {
         builder
-            .push(StoredEvent {
-                agent_id,
-                event,
-                server_verdict: *server_verdict,
-                drift_detected: *drift_detected,
-            })
+            .push(StoredEvent { agent_id, event, server_verdict: *server_verdict, drift_detected: *drift_detected })
             .expect("valid event");
         if builder.len() == BATCH {
             batches.push(builder.finish());
@@ -279,49 +211,26 @@ async fn hundred_thousand_events_round_trip_through_arrow_and_rowbinary() {
     batches.push(builder.finish());
     assert!(batches.len() > 10, "written as many batches");
     store.insert_batches(&batches).await.expect("insert_arrow");
-    assert_eq!(
-        schema::event_count(&store).await.expect("count"),
-        ROWS as u64
-    );
+    assert_eq!(schema::event_count(&store).await.expect("count"), ROWS as u64);
 
     // Read back as Arrow.
-    let fetched = store
-        .client()
-        .query(SELECT_ALL)
-        .fetch_arrow()
-        .expect("fetch_arrow")
-        .collect()
-        .await
-        .expect("arrow batches");
+    let fetched =
+        store.client().query(SELECT_ALL).fetch_arrow().expect("fetch_arrow").collect().await.expect("arrow batches");
     check_arrow(&fetched, agent_id, &expected);
 
     // Read back as typed rows (RowBinaryWithNamesAndTypes, type-checked).
-    let rows: Vec<EventRow> = store
-        .client()
-        .query(SELECT_ALL)
-        .fetch_all()
-        .await
-        .expect("typed fetch");
+    let rows: Vec<EventRow> = store.client().query(SELECT_ALL).fetch_all().await.expect("typed fetch");
     assert_eq!(rows.len(), ROWS);
     for (row, want) in rows.iter().zip(&expected) {
         check_row(row, agent_id, want);
     }
 
     // The timestamp_ns alias serves the wire field's name.
-    let first_ns: i64 = store
-        .client()
-        .query("SELECT timestamp_ns FROM events WHERE seq = 1")
-        .fetch_one()
-        .await
-        .expect("alias");
+    let first_ns: i64 =
+        store.client().query("SELECT timestamp_ns FROM events WHERE seq = 1").fetch_one().await.expect("alias");
     assert_eq!(first_ns, expected[0].0.timestamp_ns);
 
-    store
-        .client()
-        .query(&format!("DROP DATABASE {database}"))
-        .execute()
-        .await
-        .expect("drop scratch database");
+    store.client().query(&format!("DROP DATABASE {database}")).execute().await.expect("drop scratch database");
 }
 
 #[tokio::test]
@@ -333,12 +242,7 @@ async fn bad_queries_carry_clickhouse_error_codes() {
         ("SELECT throwIf(1, 'boom')", "Code: 395"),
     ];
     for (sql, code) in cases {
-        let error = store
-            .client()
-            .query(sql)
-            .fetch_all::<u8>()
-            .await
-            .expect_err("bad query must fail");
+        let error = store.client().query(sql).fetch_all::<u8>().await.expect_err("bad query must fail");
         match &error {
             clickhouse::error::Error::BadResponse(message) => {
                 assert!(message.contains(code), "{sql}: {message}");
@@ -352,9 +256,5 @@ async fn bad_queries_carry_clickhouse_error_codes() {
 #[tokio::test]
 async fn invalid_database_names_are_refused_before_any_request() {
     let error = EventStore::new(&config("tyr`; DROP TABLE x", 30)).expect_err("refused");
-    assert!(
-        error
-            .to_string()
-            .contains("invalid ClickHouse database name")
-    );
+    assert!(error.to_string().contains("invalid ClickHouse database name"));
 }

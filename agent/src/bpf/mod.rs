@@ -1,11 +1,6 @@
 //! The generated eBPF skeletons, one per object in `bpf/`.
 
-#![allow(
-    clippy::all,
-    missing_debug_implementations,
-    missing_docs,
-    unsafe_op_in_unsafe_fn
-)]
+#![allow(clippy::all, missing_debug_implementations, missing_docs, unsafe_op_in_unsafe_fn)]
 #![allow(clippy::undocumented_unsafe_blocks, clippy::unwrap_used)]
 
 pub mod process {
@@ -46,3 +41,5 @@ unsafe impl plain::Plain for records::tyr_connect_fixed {}
 unsafe impl plain::Plain for records::tyr_tls_fixed {}
 // SAFETY: as above.
 unsafe impl plain::Plain for records::tyr_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_agent_class {}

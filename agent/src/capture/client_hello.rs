@@ -168,9 +168,7 @@ fn server_name(data: &[u8]) -> Result<String, HelloError> {
 fn host_name(name: &[u8]) -> Result<String, HelloError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_HOST_NAME
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && name.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !valid {
         return Err(HelloError::Malformed("server name"));
     }
@@ -214,10 +212,7 @@ pub mod build {
             extensions.extend(vec16(&vec16(&entry)));
         }
         if !alpn.is_empty() {
-            let list: Vec<u8> = alpn
-                .iter()
-                .flat_map(|p| std::iter::once(p.len() as u8).chain(p.bytes()))
-                .collect();
+            let list: Vec<u8> = alpn.iter().flat_map(|p| std::iter::once(p.len() as u8).chain(p.bytes())).collect();
             extensions.extend_from_slice(&16u16.to_be_bytes());
             extensions.extend(vec16(&vec16(&list)));
         }
@@ -258,10 +253,7 @@ mod tests {
     #[test]
     fn truncation_before_sni_is_reported() {
         let bytes = build::client_hello(Some("api.anthropic.com"), &[], 400);
-        assert_eq!(
-            parse(&bytes[..200]),
-            Err(HelloError::Truncated("server_name extension"))
-        );
+        assert_eq!(parse(&bytes[..200]), Err(HelloError::Truncated("server_name extension")));
         for cut in 0..60 {
             assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -42,12 +42,7 @@ pub struct CaptureConfig {
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        Self {
-            kinds: KindSet::all(),
-            comms: Vec::new(),
-            pids: Vec::new(),
-            ring_bytes: 32 << 20,
-        }
+        Self { kinds: KindSet::all(), comms: Vec::new(), pids: Vec::new(), ring_bytes: 32 << 20 }
     }
 }
 
@@ -55,15 +50,9 @@ impl Default for CaptureConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("loading {object}: {source}")]
-    Load {
-        object: &'static str,
-        source: libbpf_rs::Error,
-    },
+    Load { object: &'static str, source: libbpf_rs::Error },
     #[error("attaching {hook}: {source}")]
-    Attach {
-        hook: String,
-        source: libbpf_rs::Error,
-    },
+    Attach { hook: String, source: libbpf_rs::Error },
     #[error("ring size {0} is not a power of two of at least 4096 bytes")]
     RingSize(u32),
     #[error("comm filter {0:?} is longer than 15 bytes")]
@@ -71,15 +60,9 @@ pub enum CaptureError {
     #[error("no cgroup2 hierarchy is mounted: connect and TLS capture need one")]
     NoCgroup2,
     #[error("opening cgroup2 root {path}: {source}")]
-    Cgroup {
-        path: String,
-        source: std::io::Error,
-    },
+    Cgroup { path: String, source: std::io::Error },
     #[error("writing the {map} map: {source}")]
-    Map {
-        map: &'static str,
-        source: libbpf_rs::Error,
-    },
+    Map { map: &'static str, source: libbpf_rs::Error },
 }
 
 /// One hook: did it attach, and if not, why and what serves instead.
@@ -150,6 +133,7 @@ struct SharedMaps {
     pids: MapHandle,
     sock_owners: MapHandle,
     scratch: MapHandle,
+    agents: MapHandle,
 }
 
 fn reuse(map: &mut OpenMapMut<'_>, handle: &MapHandle) -> libbpf_rs::Result<()> {
@@ -167,6 +151,7 @@ macro_rules! share_maps {
             .and_then(|()| reuse(&mut maps.tyr_filter_pids, &$shared.pids))
             .and_then(|()| reuse(&mut maps.tyr_sock_owners, &$shared.sock_owners))
             .and_then(|()| reuse(&mut maps.tyr_scratch_map, &$shared.scratch))
+            .and_then(|()| reuse(&mut maps.tyr_agents, &$shared.agents))
     }};
 }
 
@@ -257,21 +242,12 @@ impl Capture {
         // The process object owns the shared maps; lifecycle is always on.
         let mut open = process::ProcessSkelBuilder::default()
             .open(object_storage())
-            .map_err(|source| CaptureError::Load {
-                object: "process",
-                source,
-            })?;
+            .map_err(|source| CaptureError::Load { object: "process", source })?;
         open.maps
             .tyr_events
             .set_max_entries(config.ring_bytes)
-            .map_err(|source| CaptureError::Load {
-                object: "process",
-                source,
-            })?;
-        let process = open.load().map_err(|source| CaptureError::Load {
-            object: "process",
-            source,
-        })?;
+            .map_err(|source| CaptureError::Load { object: "process", source })?;
+        let process = open.load().map_err(|source| CaptureError::Load { object: "process", source })?;
         let shared = SharedMaps {
             events: handle(&process.maps.tyr_events)?,
             lost: handle(&process.maps.tyr_lost)?,
@@ -280,6 +256,7 @@ impl Capture {
             pids: handle(&process.maps.tyr_filter_pids)?,
             sock_owners: handle(&process.maps.tyr_sock_owners)?,
             scratch: handle(&process.maps.tyr_scratch_map)?,
+            agents: handle(&process.maps.tyr_agents)?,
         };
         write_config(&shared, config)?;
 
@@ -289,35 +266,22 @@ impl Capture {
             ("tp/sched/sched_process_exit", &process.progs.tyr_exit),
         ] {
             // Without lifecycle records nothing else makes sense: fatal.
-            let link = prog.attach().map_err(|source| CaptureError::Attach {
-                hook: hook.to_owned(),
-                source,
-            })?;
+            let link = prog.attach().map_err(|source| CaptureError::Attach { hook: hook.to_owned(), source })?;
             attacher.attach(hook, Ok(link));
         }
 
-        let wants_files =
-            config.kinds.contains(Kind::FileRead) || config.kinds.contains(Kind::FileWrite);
-        let (file_lsm, file_syscalls) = if wants_files {
-            load_file_hooks(&shared, &mut attacher)
-        } else {
-            (None, None)
-        };
+        let wants_files = config.kinds.contains(Kind::FileRead) || config.kinds.contains(Kind::FileWrite);
+        let (file_lsm, file_syscalls) =
+            if wants_files { load_file_hooks(&shared, &mut attacher) } else { (None, None) };
 
         let wants_net = config.kinds.contains(Kind::NetConnect) || config.kinds.contains(Kind::Tls);
-        let cgroup = if wants_net {
-            Some(open_cgroup_root(&host)?)
-        } else {
-            None
-        };
+        let cgroup = if wants_net { Some(open_cgroup_root(&host)?) } else { None };
         let connect = match &cgroup {
             Some(root) => load_connect(&shared, root, &mut attacher),
             None => None,
         };
         let tls = match &cgroup {
-            Some(root) if config.kinds.contains(Kind::Tls) => {
-                load_tls(&shared, root, &mut attacher)
-            }
+            Some(root) if config.kinds.contains(Kind::Tls) => load_tls(&shared, root, &mut attacher),
             _ => None,
         };
 
@@ -329,11 +293,7 @@ impl Capture {
             hooks: attacher.hooks,
             bpf_lsm,
             tls_capture: tls.is_some(),
-            file_open_source: if bpf_lsm {
-                "lsm/file_open".to_owned()
-            } else {
-                FILE_FALLBACK.to_owned()
-            },
+            file_open_source: if bpf_lsm { "lsm/file_open".to_owned() } else { FILE_FALLBACK.to_owned() },
             enforce_file: bpf_lsm,
             enforce_exec: false,
             enforce_net: connect.is_some(),
@@ -358,10 +318,12 @@ impl Capture {
 
     /// A handle on the ring every record goes through.
     pub fn ring(&self) -> Result<MapHandle, CaptureError> {
-        MapHandle::try_from(&self.shared.events).map_err(|source| CaptureError::Map {
-            map: "tyr_events",
-            source,
-        })
+        MapHandle::try_from(&self.shared.events).map_err(|source| CaptureError::Map { map: "tyr_events", source })
+    }
+
+    /// A handle on the pid -> agent map processes inherit on fork.
+    pub fn agent_map(&self) -> Result<MapHandle, CaptureError> {
+        MapHandle::try_from(&self.shared.agents).map_err(|source| CaptureError::Map { map: "tyr_agents", source })
     }
 
     /// Records the kernel could not emit, per event kind number.
@@ -373,19 +335,11 @@ impl Capture {
                 .shared
                 .lost
                 .lookup_percpu(&key, MapFlags::ANY)
-                .map_err(|source| CaptureError::Map {
-                    map: "tyr_lost",
-                    source,
-                })?
+                .map_err(|source| CaptureError::Map { map: "tyr_lost", source })?
                 .unwrap_or_default();
             *total = per_cpu
                 .iter()
-                .filter_map(|bytes| {
-                    bytes
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_ne_bytes)
-                })
+                .filter_map(|bytes| bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
                 .sum();
         }
         Ok(totals)
@@ -393,10 +347,7 @@ impl Capture {
 }
 
 fn handle(map: &libbpf_rs::MapMut<'_>) -> Result<MapHandle, CaptureError> {
-    MapHandle::try_from(map).map_err(|source| CaptureError::Map {
-        map: "shared",
-        source,
-    })
+    MapHandle::try_from(map).map_err(|source| CaptureError::Map { map: "shared", source })
 }
 
 fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), CaptureError> {
@@ -410,19 +361,13 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
         shared
             .comms
             .update(&key, &[1], MapFlags::ANY)
-            .map_err(|source| CaptureError::Map {
-                map: "tyr_filter_comms",
-                source,
-            })?;
+            .map_err(|source| CaptureError::Map { map: "tyr_filter_comms", source })?;
     }
     for pid in &config.pids {
         shared
             .pids
             .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
-            .map_err(|source| CaptureError::Map {
-                map: "tyr_filter_pids",
-                source,
-            })?;
+            .map_err(|source| CaptureError::Map { map: "tyr_filter_pids", source })?;
     }
     let ring_size = u64::from(config.ring_bytes);
     let value = records::tyr_config {
@@ -439,20 +384,14 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
     shared
         .config
         .update(&0u32.to_ne_bytes(), bytes, MapFlags::ANY)
-        .map_err(|source| CaptureError::Map {
-            map: "tyr_config_map",
-            source,
-        })
+        .map_err(|source| CaptureError::Map { map: "tyr_config_map", source })
 }
 
 /// BPF LSM first; the syscall tracepoints when it cannot load or attach.
 fn load_file_hooks(
     shared: &SharedMaps,
     attacher: &mut Attacher,
-) -> (
-    Option<file_lsm::FileLsmSkel<'static>>,
-    Option<file_syscalls::FileSyscallsSkel<'static>>,
-) {
+) -> (Option<file_lsm::FileLsmSkel<'static>>, Option<file_syscalls::FileSyscallsSkel<'static>>) {
     let lsm = file_lsm::FileLsmSkel::open_shared(shared).and_then(|open| open.load());
     let lsm_error = match lsm {
         Ok(skel) => match skel.progs.tyr_file_open.attach_lsm() {
@@ -466,14 +405,13 @@ fn load_file_hooks(
     };
     attacher.refused("lsm/file_open", &lsm_error, FILE_FALLBACK);
 
-    let skel =
-        match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
-            Ok(skel) => skel,
-            Err(error) => {
-                attacher.refused(FILE_FALLBACK, &error.to_string(), "");
-                return (None, None);
-            }
-        };
+    let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
+        Ok(skel) => skel,
+        Err(error) => {
+            attacher.refused(FILE_FALLBACK, &error.to_string(), "");
+            return (None, None);
+        }
+    };
     let progs = &skel.progs;
     for (hook, prog) in [
         ("tp/syscalls/sys_enter_openat", &progs.tyr_enter_openat),
@@ -490,11 +428,7 @@ fn load_file_hooks(
     (None, Some(skel))
 }
 
-fn load_connect(
-    shared: &SharedMaps,
-    cgroup: &File,
-    attacher: &mut Attacher,
-) -> Option<connect::ConnectSkel<'static>> {
+fn load_connect(shared: &SharedMaps, cgroup: &File, attacher: &mut Attacher) -> Option<connect::ConnectSkel<'static>> {
     match connect::ConnectSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => {
             let fd = cgroup.as_raw_fd();
@@ -510,17 +444,10 @@ fn load_connect(
     }
 }
 
-fn load_tls(
-    shared: &SharedMaps,
-    cgroup: &File,
-    attacher: &mut Attacher,
-) -> Option<tls_egress::TlsEgressSkel<'static>> {
+fn load_tls(shared: &SharedMaps, cgroup: &File, attacher: &mut Attacher) -> Option<tls_egress::TlsEgressSkel<'static>> {
     match tls_egress::TlsEgressSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => attacher
-            .attach(
-                "cgroup_skb/egress",
-                skel.progs.tyr_tls_egress.attach_cgroup(cgroup.as_raw_fd()),
-            )
+            .attach("cgroup_skb/egress", skel.progs.tyr_tls_egress.attach_cgroup(cgroup.as_raw_fd()))
             .then_some(skel),
         Err(error) => {
             attacher.refused("cgroup_skb/egress", &error.to_string(), "");
@@ -530,18 +457,12 @@ fn load_tls(
 }
 
 fn open_cgroup_root(host: &HostFacts) -> Result<File, CaptureError> {
-    let root = host
-        .cgroup2_mount
-        .as_deref()
-        .ok_or(CaptureError::NoCgroup2)?;
+    let root = host.cgroup2_mount.as_deref().ok_or(CaptureError::NoCgroup2)?;
     open_dir(root)
 }
 
 fn open_dir(path: &Path) -> Result<File, CaptureError> {
-    File::open(path).map_err(|source| CaptureError::Cgroup {
-        path: path.display().to_string(),
-        source,
-    })
+    File::open(path).map_err(|source| CaptureError::Cgroup { path: path.display().to_string(), source })
 }
 
 /// Opening an object with its shared maps pointed at the process object's.
@@ -563,21 +484,13 @@ macro_rules! open_shared_impl {
     };
 }
 
-open_shared_impl!(
-    file_lsm::FileLsmSkel<'static>,
-    file_lsm::OpenFileLsmSkel<'static>,
-    file_lsm::FileLsmSkelBuilder
-);
+open_shared_impl!(file_lsm::FileLsmSkel<'static>, file_lsm::OpenFileLsmSkel<'static>, file_lsm::FileLsmSkelBuilder);
 open_shared_impl!(
     file_syscalls::FileSyscallsSkel<'static>,
     file_syscalls::OpenFileSyscallsSkel<'static>,
     file_syscalls::FileSyscallsSkelBuilder
 );
-open_shared_impl!(
-    connect::ConnectSkel<'static>,
-    connect::OpenConnectSkel<'static>,
-    connect::ConnectSkelBuilder
-);
+open_shared_impl!(connect::ConnectSkel<'static>, connect::OpenConnectSkel<'static>, connect::ConnectSkelBuilder);
 open_shared_impl!(
     tls_egress::TlsEgressSkel<'static>,
     tls_egress::OpenTlsEgressSkel<'static>,

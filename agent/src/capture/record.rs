@@ -8,8 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::bpf::records::{
-    tyr_connect_fixed, tyr_exec_fixed, tyr_exit_fixed, tyr_file_fixed, tyr_fork_fixed,
-    tyr_record_header, tyr_tls_fixed,
+    tyr_connect_fixed, tyr_exec_fixed, tyr_exit_fixed, tyr_file_fixed, tyr_fork_fixed, tyr_record_header, tyr_tls_fixed,
 };
 
 /// Record type numbers (`enum tyr_record_type`).
@@ -43,6 +42,8 @@ pub enum DecodeError {
     DataOverrun { data: usize, available: usize },
     #[error("unknown address family {0}")]
     UnknownFamily(u16),
+    #[error("not a recording of this record layout (version {LAYOUT_VERSION})")]
+    NotARecording,
 }
 
 /// What every record says about the acting process.
@@ -59,6 +60,8 @@ pub struct Header {
     pub gid: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// Discovered-agent index the kernel has for the process (0: none).
+    pub agent: u32,
     /// The task's comm, up to its first NUL.
     pub comm: [u8; 16],
 }
@@ -66,11 +69,7 @@ pub struct Header {
 impl Header {
     /// The comm as text (lossy for non-UTF-8 names).
     pub fn comm(&self) -> std::borrow::Cow<'_, str> {
-        let end = self
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.comm.len());
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..end])
     }
 
@@ -147,17 +146,8 @@ impl Record<'_> {
 fn fixed<T: plain::Plain + Default>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     let mut value = T::default();
-    plain::copy_from_bytes(
-        &mut value,
-        bytes.get(..need).ok_or(DecodeError::Truncated {
-            len: bytes.len(),
-            need,
-        })?,
-    )
-    .map_err(|_| DecodeError::Truncated {
-        len: bytes.len(),
-        need,
-    })?;
+    plain::copy_from_bytes(&mut value, bytes.get(..need).ok_or(DecodeError::Truncated { len: bytes.len(), need })?)
+        .map_err(|_| DecodeError::Truncated { len: bytes.len(), need })?;
     Ok(value)
 }
 
@@ -171,24 +161,17 @@ fn header(raw: &tyr_record_header) -> Header {
         uid: raw.uid,
         gid: raw.gid,
         flags: raw.flags,
+        agent: raw.agent,
         comm: raw.comm.map(|c| c as u8),
     }
 }
 
 /// Splits the data after a fixed part of `fixed_len` bytes into two slices
 /// of the given lengths.
-fn data_parts(
-    bytes: &[u8],
-    fixed_len: usize,
-    first: usize,
-    second: usize,
-) -> Result<(&[u8], &[u8]), DecodeError> {
+fn data_parts(bytes: &[u8], fixed_len: usize, first: usize, second: usize) -> Result<(&[u8], &[u8]), DecodeError> {
     let data = &bytes[fixed_len..];
     if first + second > data.len() {
-        return Err(DecodeError::DataOverrun {
-            data: first + second,
-            available: data.len(),
-        });
+        return Err(DecodeError::DataOverrun { data: first + second, available: data.len() });
     }
     let (a, rest) = data.split_at(first);
     Ok((a, &rest[..second]))
@@ -196,9 +179,7 @@ fn data_parts(
 
 fn address(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
-        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
         AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
         other => Err(DecodeError::UnknownFamily(other)),
     }
@@ -209,10 +190,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let raw: tyr_record_header = fixed(bytes)?;
     let claimed = raw.size as usize;
     if claimed > bytes.len() || claimed < std::mem::size_of::<tyr_record_header>() {
-        return Err(DecodeError::SizeMismatch {
-            claimed,
-            len: bytes.len(),
-        });
+        return Err(DecodeError::SizeMismatch { claimed, len: bytes.len() });
     }
     // The ring may pad a record; only its claimed size is meaningful.
     let bytes = &bytes[..claimed];
@@ -220,44 +198,22 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     match raw.r#type {
         record_type::EXEC => {
             let rec: tyr_exec_fixed = fixed(bytes)?;
-            let (exe, argv) = data_parts(
-                bytes,
-                size_of_val(&rec),
-                rec.exe_len as usize,
-                rec.argv_len as usize,
-            )?;
+            let (exe, argv) = data_parts(bytes, size_of_val(&rec), rec.exe_len as usize, rec.argv_len as usize)?;
             Ok(Record::Exec { header, exe, argv })
         }
         record_type::FORK => {
             let rec: tyr_fork_fixed = fixed(bytes)?;
-            Ok(Record::Fork {
-                header,
-                child_pid: rec.child_pid,
-            })
+            Ok(Record::Fork { header, child_pid: rec.child_pid })
         }
         record_type::EXIT => {
             let rec: tyr_exit_fixed = fixed(bytes)?;
-            Ok(Record::Exit {
-                header,
-                exit_code: rec.exit_code,
-            })
+            Ok(Record::Exit { header, exit_code: rec.exit_code })
         }
         record_type::FILE => {
             let rec: tyr_file_fixed = fixed(bytes)?;
-            let (path, name) = data_parts(
-                bytes,
-                size_of_val(&rec),
-                usize::from(rec.path_len),
-                usize::from(rec.name_len),
-            )?;
-            Ok(Record::File {
-                header,
-                result: rec.result,
-                open_flags: rec.open_flags,
-                path,
-                name,
-                source: rec.source,
-            })
+            let (path, name) =
+                data_parts(bytes, size_of_val(&rec), usize::from(rec.path_len), usize::from(rec.name_len))?;
+            Ok(Record::File { header, result: rec.result, open_flags: rec.open_flags, path, name, source: rec.source })
         }
         record_type::CONNECT => {
             let rec: tyr_connect_fixed = fixed(bytes)?;
@@ -285,21 +241,29 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     }
 }
 
-/// Splits a recording made with `tyrd observe --record-raw` (each record
-/// as a little-endian u32 length, then its bytes) into records.
+/// Version of the record layouts in `bpf/include/tyr_records.h`; bumped
+/// whenever a layout changes, so old recordings are refused, not misread.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// The start of a recording: magic and layout version.
+pub fn recording_header() -> [u8; 12] {
+    let mut header = *b"TYRRAW\0\0\0\0\0\0";
+    header[8..].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+    header
+}
+
+/// Splits a recording made with `tyrd observe --record-raw` (the header,
+/// then each record as a little-endian u32 length and its bytes).
 pub fn split_recording(bytes: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let header = recording_header();
+    let Some(mut rest) = bytes.strip_prefix(&header[..]) else {
+        return Err(DecodeError::NotARecording);
+    };
     let mut records = Vec::new();
-    let mut rest = bytes;
     while !rest.is_empty() {
-        let (len, tail) = rest.split_at_checked(4).ok_or(DecodeError::Truncated {
-            len: rest.len(),
-            need: 4,
-        })?;
+        let (len, tail) = rest.split_at_checked(4).ok_or(DecodeError::Truncated { len: rest.len(), need: 4 })?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let (record, tail) = tail.split_at_checked(len).ok_or(DecodeError::Truncated {
-            len: tail.len(),
-            need: len,
-        })?;
+        let (record, tail) = tail.split_at_checked(len).ok_or(DecodeError::Truncated { len: tail.len(), need: len })?;
         records.push(record);
         rest = tail;
     }
@@ -319,14 +283,7 @@ pub mod encode {
         unsafe { plain::as_bytes(value) }.to_vec()
     }
 
-    fn raw_header(
-        r#type: u16,
-        kind: u16,
-        pid: u32,
-        ppid: u32,
-        comm: &str,
-        size: usize,
-    ) -> tyr_record_header {
+    fn raw_header(r#type: u16, kind: u16, pid: u32, ppid: u32, comm: &str, size: usize) -> tyr_record_header {
         let mut header = tyr_record_header {
             r#type,
             kind,
@@ -364,14 +321,7 @@ pub mod encode {
     pub fn file_open(pid: u32, comm: &str, path: &str, write: bool) -> Vec<u8> {
         let size = std::mem::size_of::<tyr_file_fixed>() + path.len();
         let rec = tyr_file_fixed {
-            hdr: raw_header(
-                record_type::FILE,
-                if write { 2 } else { 1 },
-                pid,
-                1,
-                comm,
-                size,
-            ),
+            hdr: raw_header(record_type::FILE, if write { 2 } else { 1 }, pid, 1, comm, size),
             result: 3,
             open_flags: if write { 0o1101 } else { 0o2000000 },
             path_len: path.len() as u16,
@@ -389,14 +339,7 @@ pub mod encode {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&v4);
         let rec = tyr_connect_fixed {
-            hdr: raw_header(
-                record_type::CONNECT,
-                4,
-                pid,
-                1,
-                comm,
-                std::mem::size_of::<tyr_connect_fixed>(),
-            ),
+            hdr: raw_header(record_type::CONNECT, 4, pid, 1, comm, std::mem::size_of::<tyr_connect_fixed>()),
             family: AF_INET,
             port,
             sock_type: 1,
@@ -410,14 +353,7 @@ pub mod encode {
     /// An exit.
     pub fn exit(pid: u32, comm: &str, exit_code: u32) -> Vec<u8> {
         let rec = tyr_exit_fixed {
-            hdr: raw_header(
-                record_type::EXIT,
-                6,
-                pid,
-                1,
-                comm,
-                std::mem::size_of::<tyr_exit_fixed>(),
-            ),
+            hdr: raw_header(record_type::EXIT, 6, pid, 1, comm, std::mem::size_of::<tyr_exit_fixed>()),
             exit_code,
             reserved: 0,
         };
@@ -444,13 +380,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let file = encode::file_open(11, "cat", "/etc/hosts", false);
-        assert!(matches!(
-            decode(&file),
-            Ok(Record::File {
-                path: b"/etc/hosts",
-                ..
-            })
-        ));
+        assert!(matches!(decode(&file), Ok(Record::File { path: b"/etc/hosts", .. })));
         let connect = encode::connect(12, "curl", [127, 0, 0, 1], 8080);
         assert!(matches!(
             decode(&connect),
@@ -464,20 +394,11 @@ mod tests {
         // exe_len beyond the record.
         let exe_len_at = std::mem::size_of::<tyr_record_header>();
         exec[exe_len_at..exe_len_at + 4].copy_from_slice(&4000u32.to_ne_bytes());
-        assert!(matches!(
-            decode(&exec),
-            Err(DecodeError::DataOverrun { .. })
-        ));
+        assert!(matches!(decode(&exec), Err(DecodeError::DataOverrun { .. })));
 
         let file = encode::file_open(11, "cat", "/etc/hosts", false);
-        assert!(matches!(
-            decode(&file[..20]),
-            Err(DecodeError::Truncated { .. })
-        ));
-        assert!(matches!(
-            decode(&file[..file.len() - 1]),
-            Err(DecodeError::SizeMismatch { .. })
-        ));
+        assert!(matches!(decode(&file[..20]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(decode(&file[..file.len() - 1]), Err(DecodeError::SizeMismatch { .. })));
 
         let mut unknown = encode::exit(1, "x", 0);
         unknown[0] = 99;
@@ -493,11 +414,7 @@ mod tests {
         for raw in &records {
             kinds.insert(decode(raw).expect("recorded records decode").header().kind);
         }
-        assert_eq!(
-            kinds.into_iter().collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5, 6, 7],
-            "every kind recorded"
-        );
+        assert_eq!(kinds.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7], "every kind recorded");
         assert!(split_recording(&bytes[..bytes.len() - 1]).is_err());
     }
 

@@ -15,10 +15,7 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        Self {
-            max_events: 100,
-            max_delay: Duration::from_secs(1),
-        }
+        Self { max_events: 100, max_delay: Duration::from_secs(1) }
     }
 }
 
@@ -32,11 +29,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(policy: BatchPolicy) -> Self {
-        Self {
-            policy,
-            events: Vec::with_capacity(policy.max_events),
-            started: None,
-        }
+        Self { policy, events: Vec::with_capacity(policy.max_events), started: None }
     }
 
     /// Adds an event; returns the batch when it is full.
@@ -50,8 +43,7 @@ impl Batch {
 
     /// Time left before the current batch is due; None when it is empty.
     pub fn time_left(&self) -> Option<Duration> {
-        self.started
-            .map(|start| self.policy.max_delay.saturating_sub(start.elapsed()))
+        self.started.map(|start| self.policy.max_delay.saturating_sub(start.elapsed()))
     }
 
     /// Takes whatever is batched.
@@ -63,11 +55,7 @@ impl Batch {
 
 /// Receives events until the senders are gone, handing each batch to `sink`.
 /// Stops early when `sink` returns false (its output is gone).
-pub fn run(
-    events: &Receiver<Event>,
-    policy: BatchPolicy,
-    mut sink: impl FnMut(Vec<Event>) -> bool,
-) {
+pub fn run(events: &Receiver<Event>, policy: BatchPolicy, mut sink: impl FnMut(Vec<Event>) -> bool) {
     let mut batch = Batch::new(policy);
     loop {
         let received = match batch.time_left() {
@@ -100,10 +88,7 @@ mod tests {
     #[test]
     fn cuts_by_count_and_by_time() {
         let (tx, rx) = crossbeam_channel::bounded(1000);
-        let policy = BatchPolicy {
-            max_events: 10,
-            max_delay: Duration::from_millis(50),
-        };
+        let policy = BatchPolicy { max_events: 10, max_delay: Duration::from_millis(50) };
         let worker = std::thread::spawn(move || {
             let mut sizes = Vec::new();
             run(&rx, policy, |batch| {

@@ -3,7 +3,7 @@
 //! from the process cache, and per-kind metadata (flags, addresses, SNI and
 //! LLM provider).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +17,7 @@ use super::process_cache::{ProcessCache, ProcessInfo};
 use super::seq::SeqAllocator;
 use crate::capture::client_hello;
 use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, Record};
+use crate::detect::tracker::{AgentLabel, AgentTracker};
 
 /// Builds events from raw records, keeping the process cache current.
 #[derive(Debug)]
@@ -24,27 +25,25 @@ pub struct EventBuilder {
     cache: ProcessCache,
     clock: BootClock,
     seq: SeqAllocator,
+    agents: AgentTracker,
     /// TLS records whose ClientHello could not be parsed (still emitted).
     pub tls_unparsed: u64,
 }
 
 impl EventBuilder {
-    pub fn new(cache: ProcessCache, clock: BootClock, seq: SeqAllocator) -> Self {
-        Self {
-            cache,
-            clock,
-            seq,
-            tls_unparsed: 0,
-        }
+    pub fn new(cache: ProcessCache, clock: BootClock, seq: SeqAllocator, agents: AgentTracker) -> Self {
+        Self { cache, clock, seq, agents, tls_unparsed: 0 }
     }
 
-    /// A builder with an in-memory sequence and a cache of `capacity`.
+    /// A builder with an in-memory sequence, a cache of `capacity` and an
+    /// agent tracker attached to nothing (benchmarks, replays).
     pub fn in_memory(capacity: NonZeroUsize) -> Self {
-        Self::new(
-            ProcessCache::new(capacity),
-            BootClock::now(),
-            SeqAllocator::in_memory(),
-        )
+        Self::new(ProcessCache::new(capacity), BootClock::now(), SeqAllocator::in_memory(), AgentTracker::detached())
+    }
+
+    /// The agent tracker (discovered agents, counters).
+    pub fn agents(&self) -> &AgentTracker {
+        &self.agents
     }
 
     /// The process cache (for listing and statistics).
@@ -61,63 +60,44 @@ impl EventBuilder {
     /// Builds the event for a decoded record.
     pub fn event(&mut self, record: &Record<'_>) -> Event {
         let header = *record.header();
-        let mut metadata = HashMap::with_capacity(6);
+        let mut metadata = BTreeMap::new();
         metadata.insert("uid".to_owned(), header.uid.to_string());
         metadata.insert("comm".to_owned(), header.comm().into_owned());
         if header.truncated() {
             metadata.insert("truncated".to_owned(), "true".to_owned());
         }
+        let mut exit_label = None;
         let (kind, resource, process) = match record {
             Record::Exec { exe, argv, .. } => {
                 let exe = String::from_utf8_lossy(exe);
                 let info = self.cache.on_exec(header.pid, header.ppid, &exe, argv);
-                metadata.insert(
-                    "argc".to_owned(),
-                    argv.split(|&b| b == 0)
-                        .filter(|a| !a.is_empty())
-                        .count()
-                        .to_string(),
-                );
+                self.agents.on_exec(header.pid, header.ppid, &exe, argv, header.agent);
+                metadata
+                    .insert("argc".to_owned(), argv.split(|&b| b == 0).filter(|a| !a.is_empty()).count().to_string());
                 (EventKind::Exec, exe.into_owned(), info)
             }
             Record::Fork { child_pid, .. } => {
                 self.cache.on_fork(header.pid, *child_pid);
+                self.agents.on_fork(header.pid, *child_pid, header.agent);
                 metadata.insert("child_pid".to_owned(), child_pid.to_string());
-                (
-                    EventKind::Fork,
-                    child_pid.to_string(),
-                    self.cache.get(header.pid),
-                )
+                (EventKind::Fork, child_pid.to_string(), self.cache.get(header.pid))
             }
             Record::Exit { exit_code, .. } => {
                 let info = self.cache.on_exit(header.pid);
-                metadata.insert(
-                    "exit_code".to_owned(),
-                    ((exit_code >> 8) & 0xff).to_string(),
-                );
+                // Labelled before the tracker forgets the process.
+                exit_label = Some(self.agents.label(header.pid, header.agent));
+                self.agents.on_exit(header.pid);
+                metadata.insert("exit_code".to_owned(), ((exit_code >> 8) & 0xff).to_string());
                 if exit_code & 0x7f != 0 {
                     metadata.insert("signal".to_owned(), (exit_code & 0x7f).to_string());
                 }
                 (EventKind::Exit, info.exe.to_string(), info)
             }
-            Record::File {
-                result,
-                open_flags,
-                path,
-                name,
-                source,
-                ..
-            } => {
-                let kind = if header.kind == EventKind::FileWrite as u16 {
-                    EventKind::FileWrite
-                } else {
-                    EventKind::FileRead
-                };
+            Record::File { result, open_flags, path, name, source, .. } => {
+                let kind =
+                    if header.kind == EventKind::FileWrite as u16 { EventKind::FileWrite } else { EventKind::FileRead };
                 metadata.insert("flags".to_owned(), open_flags_text(*open_flags));
-                metadata.insert(
-                    "source".to_owned(),
-                    if *source == 1 { "lsm" } else { "syscall" }.to_owned(),
-                );
+                metadata.insert("source".to_owned(), if *source == 1 { "lsm" } else { "syscall" }.to_owned());
                 let resource = if *result >= 0 {
                     metadata.insert("fd".to_owned(), result.to_string());
                     String::from_utf8_lossy(path).into_owned()
@@ -125,32 +105,16 @@ impl EventBuilder {
                     metadata.insert("error".to_owned(), errno_text(-result));
                     join_lexically(path, name)
                 };
+                self.agents.on_file(header.pid, &resource, kind == EventKind::FileWrite);
                 (kind, resource, self.cache.get(header.pid))
             }
-            Record::Connect {
-                remote,
-                port,
-                sock_type,
-                ..
-            } => {
+            Record::Connect { remote, port, sock_type, .. } => {
                 metadata.insert("remote_ip".to_owned(), remote.to_string());
                 metadata.insert("remote_port".to_owned(), port.to_string());
-                metadata.insert(
-                    "protocol".to_owned(),
-                    socket_protocol(*sock_type).to_owned(),
-                );
-                (
-                    EventKind::NetConnect,
-                    socket_address(*remote, *port),
-                    self.cache.get(header.pid),
-                )
+                metadata.insert("protocol".to_owned(), socket_protocol(*sock_type).to_owned());
+                (EventKind::NetConnect, socket_address(*remote, *port), self.cache.get(header.pid))
             }
-            Record::Tls {
-                remote,
-                remote_port,
-                hello,
-                ..
-            } => {
+            Record::Tls { remote, remote_port, hello, .. } => {
                 metadata.insert("remote_ip".to_owned(), remote.to_string());
                 metadata.insert("remote_port".to_owned(), remote_port.to_string());
                 let resource = match client_hello::parse(hello) {
@@ -162,6 +126,11 @@ impl EventBuilder {
                             Some(sni) => {
                                 if let Some(provider) = provider_for_server_name(&sni) {
                                     metadata.insert("provider".to_owned(), provider.to_owned());
+                                }
+                                if header.flags & FLAG_OWNER_UNKNOWN == 0
+                                    && let Some(reason) = self.agents.on_tls(header.pid, &sni)
+                                {
+                                    metadata.insert("fingerprint_mismatch".to_owned(), reason);
                                 }
                                 metadata.insert("sni".to_owned(), sni.clone());
                                 sni
@@ -184,7 +153,16 @@ impl EventBuilder {
                 (EventKind::Tls, resource, process.unwrap_or_default())
             }
         };
-        self.assemble(&header, kind, resource, &process, metadata)
+        let label = match exit_label {
+            Some(label) => label,
+            None if header.flags & FLAG_OWNER_UNKNOWN != 0 => self.agents.label(0, 0),
+            None => self.agents.label(header.pid, header.agent),
+        };
+        let mut event = self.assemble(&header, kind, resource, &process, metadata, &label);
+        if event.metadata.contains_key("fingerprint_mismatch") {
+            event.severity = Severity::High as i32;
+        }
+        event
     }
 
     fn assemble(
@@ -193,15 +171,19 @@ impl EventBuilder {
         kind: EventKind,
         resource: String,
         process: &ProcessInfo,
-        metadata: HashMap<String, String>,
+        mut metadata: BTreeMap<String, String>,
+        label: &AgentLabel,
     ) -> Event {
+        for (key, value) in &label.metadata {
+            metadata.insert((*key).to_owned(), value.to_string());
+        }
         let timestamp_ns = self.clock.to_unix_ns(header.boot_ns);
         let seconds = u64::try_from(timestamp_ns.div_euclid(1_000_000_000)).unwrap_or(0);
         let nanos = u32::try_from(timestamp_ns.rem_euclid(1_000_000_000)).unwrap_or(0);
         Event {
             event_id: Uuid::new_v7(Timestamp::from_unix(NoContext, seconds, nanos)).to_string(),
             agent_id: String::new(),
-            discovered_agent_id: String::new(),
+            discovered_agent_id: label.discovered_agent_id.clone(),
             kind: kind as i32,
             resource,
             verdict: Verdict::Allow as i32,
@@ -212,21 +194,14 @@ impl EventBuilder {
             timestamp_ns,
             metadata: with_lineage(metadata, process),
             seq: self.seq.allocate(),
-            ppid: i64::from(if header.ppid != 0 {
-                header.ppid
-            } else {
-                process.ppid
-            }),
-            agent_type: String::new(),
+            ppid: i64::from(if header.ppid != 0 { header.ppid } else { process.ppid }),
+            agent_type: label.agent_type.to_owned(),
             policy_version: 0,
         }
     }
 }
 
-fn with_lineage(
-    mut metadata: HashMap<String, String>,
-    process: &ProcessInfo,
-) -> HashMap<String, String> {
+fn with_lineage(mut metadata: BTreeMap<String, String>, process: &ProcessInfo) -> BTreeMap<String, String> {
     if !process.lineage.is_empty() {
         metadata.insert("lineage".to_owned(), process.lineage.to_string());
     }
@@ -330,35 +305,23 @@ mod tests {
 
     fn builder() -> EventBuilder {
         EventBuilder::new(
-            ProcessCache::with_proc_root(
-                NonZeroUsize::new(64).expect("nonzero"),
-                PathBuf::from("/nonexistent"),
-            ),
+            ProcessCache::with_proc_root(NonZeroUsize::new(64).expect("nonzero"), PathBuf::from("/nonexistent")),
             BootClock::with_offset(1_700_000_000_000_000_000),
             SeqAllocator::in_memory(),
+            AgentTracker::detached(),
         )
     }
 
     #[test]
     fn exec_then_open_is_enriched() {
         let mut b = builder();
-        let exec = b
-            .build(&encode::exec(
-                50,
-                1,
-                "cat",
-                "/usr/bin/cat",
-                &["cat", "/etc/hosts"],
-            ))
-            .expect("exec");
+        let exec = b.build(&encode::exec(50, 1, "cat", "/usr/bin/cat", &["cat", "/etc/hosts"])).expect("exec");
         assert_eq!(exec.kind, EventKind::Exec as i32);
         assert_eq!(exec.resource, "/usr/bin/cat");
         assert_eq!(exec.cmdline, "cat /etc/hosts");
         assert_eq!(exec.seq, 1);
         assert_eq!(exec.timestamp_ns, 1_700_000_001_000_000_000);
-        let open = b
-            .build(&encode::file_open(50, "cat", "/etc/hosts", false))
-            .expect("open");
+        let open = b.build(&encode::file_open(50, "cat", "/etc/hosts", false)).expect("open");
         assert_eq!(open.kind, EventKind::FileRead as i32);
         assert_eq!(open.process_exe, "/usr/bin/cat");
         assert_eq!(open.cmdline, "cat /etc/hosts");
@@ -375,9 +338,7 @@ mod tests {
     #[test]
     fn connect_metadata() {
         let mut b = builder();
-        let event = b
-            .build(&encode::connect(9, "curl", [127, 0, 0, 7], 8443))
-            .expect("connect");
+        let event = b.build(&encode::connect(9, "curl", [127, 0, 0, 7], 8443)).expect("connect");
         assert_eq!(event.resource, "127.0.0.7:8443");
         assert_eq!(event.metadata["remote_port"], "8443");
         assert_eq!(event.metadata["protocol"], "tcp");

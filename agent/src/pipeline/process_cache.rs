@@ -49,11 +49,7 @@ impl ProcessCache {
 
     /// As [`new`](Self::new), with another procfs root (tests, benchmarks).
     pub fn with_proc_root(capacity: NonZeroUsize, proc_root: PathBuf) -> Self {
-        Self {
-            entries: LruCache::new(capacity),
-            proc_root,
-            proc_reads: 0,
-        }
+        Self { entries: LruCache::new(capacity), proc_root, proc_reads: 0 }
     }
 
     fn lineage_of(&mut self, ppid: u32) -> Arc<str> {
@@ -62,12 +58,7 @@ impl ProcessCache {
         }
         let parent = self.get(ppid);
         let mut chain = format!("{ppid}:{}", parent.exe);
-        for ancestor in parent
-            .lineage
-            .split(',')
-            .filter(|a| !a.is_empty())
-            .take(LINEAGE_DEPTH - 1)
-        {
+        for ancestor in parent.lineage.split(',').filter(|a| !a.is_empty()).take(LINEAGE_DEPTH - 1) {
             chain.push(',');
             chain.push_str(ancestor);
         }
@@ -77,12 +68,8 @@ impl ProcessCache {
     /// A process replaced its image.
     pub fn on_exec(&mut self, pid: u32, ppid: u32, exe: &str, argv: &[u8]) -> Arc<ProcessInfo> {
         let lineage = self.lineage_of(ppid);
-        let info = Arc::new(ProcessInfo {
-            exe: Arc::from(exe),
-            cmdline: Arc::from(cmdline_from_argv(argv)),
-            ppid,
-            lineage,
-        });
+        let info =
+            Arc::new(ProcessInfo { exe: Arc::from(exe), cmdline: Arc::from(cmdline_from_argv(argv)), ppid, lineage });
         self.entries.put(pid, Arc::clone(&info));
         info
     }
@@ -91,11 +78,7 @@ impl ProcessCache {
     pub fn on_fork(&mut self, parent: u32, child: u32) {
         let parent_info = self.get(parent);
         let lineage = self.lineage_of(parent);
-        let info = ProcessInfo {
-            ppid: parent,
-            lineage,
-            ..(*parent_info).clone()
-        };
+        let info = ProcessInfo { ppid: parent, lineage, ..(*parent_info).clone() };
         self.entries.put(child, Arc::new(info));
     }
 
@@ -120,24 +103,12 @@ impl ProcessCache {
     /// Reads a process from procfs; a vanished process yields empty fields.
     fn read_proc(&mut self, pid: u32) -> ProcessInfo {
         let dir = self.proc_root.join(pid.to_string());
-        let exe = fs::read_link(dir.join("exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let cmdline = fs::read(dir.join("cmdline"))
-            .map(|argv| cmdline_from_argv(&argv))
-            .unwrap_or_default();
-        let ppid = fs::read_to_string(dir.join("stat"))
-            .ok()
-            .and_then(|stat| parse_stat_ppid(&stat))
-            .unwrap_or(0);
+        let exe = fs::read_link(dir.join("exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let cmdline = fs::read(dir.join("cmdline")).map(|argv| cmdline_from_argv(&argv)).unwrap_or_default();
+        let ppid = fs::read_to_string(dir.join("stat")).ok().and_then(|stat| parse_stat_ppid(&stat)).unwrap_or(0);
         // Lineage of a process found late is left empty rather than walking
         // /proc up the tree on the hot path.
-        ProcessInfo {
-            exe: Arc::from(exe),
-            cmdline: Arc::from(cmdline),
-            ppid,
-            lineage: Arc::from(""),
-        }
+        ProcessInfo { exe: Arc::from(exe), cmdline: Arc::from(cmdline), ppid, lineage: Arc::from("") }
     }
 
     /// Processes currently cached.
@@ -163,10 +134,7 @@ mod tests {
     use super::*;
 
     fn cache() -> ProcessCache {
-        ProcessCache::with_proc_root(
-            NonZeroUsize::new(4).expect("nonzero"),
-            PathBuf::from("/nonexistent"),
-        )
+        ProcessCache::with_proc_root(NonZeroUsize::new(4).expect("nonzero"), PathBuf::from("/nonexistent"))
     }
 
     #[test]

@@ -29,32 +29,19 @@ impl SeqAllocator {
         let path = state_dir.join(FILE_NAME);
         let start = match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} is not a number", path.display()),
-                )
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a number", path.display()))
             })?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
             Err(error) => return Err(error),
         };
-        let mut seq = Self {
-            next: start + 1,
-            reserved_until: start,
-            path: Some(path),
-            persist_failures: 0,
-        };
+        let mut seq = Self { next: start + 1, reserved_until: start, path: Some(path), persist_failures: 0 };
         seq.reserve()?;
         Ok(seq)
     }
 
     /// An allocator that starts at 1 and remembers nothing (tests, benchmarks).
     pub fn in_memory() -> Self {
-        Self {
-            next: 1,
-            reserved_until: u64::MAX,
-            path: None,
-            persist_failures: 0,
-        }
+        Self { next: 1, reserved_until: u64::MAX, path: None, persist_failures: 0 }
     }
 
     /// The next number.
@@ -98,10 +85,7 @@ mod tests {
         let b = second.allocate();
         assert!(b > 5, "restart resumes past the reserved block, got {b}");
         fs::write(dir.join(FILE_NAME), "garbage").expect("write");
-        assert!(
-            SeqAllocator::persistent(&dir).is_err(),
-            "corrupt state is an error, not a reset"
-        );
+        assert!(SeqAllocator::persistent(&dir).is_err(), "corrupt state is an error, not a reset");
         let _ = fs::remove_dir_all(&dir);
     }
 }

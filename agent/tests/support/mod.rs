@@ -37,8 +37,7 @@ fn collect_lines<R: std::io::Read + Send + 'static>(reader: R, sink: Arc<Mutex<V
 impl Observer {
     /// Starts `tyrd observe` with `args` and waits until its hooks are attached.
     pub fn start(args: &[&str]) -> Self {
-        let state_dir =
-            std::env::temp_dir().join(format!("tyrd-test-{}", uuid::Uuid::new_v4().simple()));
+        let state_dir = std::env::temp_dir().join(format!("tyrd-test-{}", uuid::Uuid::new_v4().simple()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tyrd"))
             .arg("observe")
             .arg("--state-dir")
@@ -61,12 +60,7 @@ impl Observer {
             }
         });
         collect_lines(child.stderr.take().expect("stderr"), Arc::clone(&stderr));
-        let observer = Self {
-            child,
-            events,
-            stderr,
-            state_dir,
-        };
+        let observer = Self { child, events, stderr, state_dir };
         observer.wait_stderr("tyrd: observing", Duration::from_secs(30));
         observer
     }
@@ -74,21 +68,12 @@ impl Observer {
     fn wait_stderr(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self
-                .stderr
-                .lock()
-                .expect("lock")
-                .iter()
-                .any(|l| l.contains(needle))
-            {
+            if self.stderr.lock().expect("lock").iter().any(|l| l.contains(needle)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "tyrd did not print {needle:?}; stderr: {:?}",
-            self.stderr.lock().expect("lock")
-        );
+        panic!("tyrd did not print {needle:?}; stderr: {:?}", self.stderr.lock().expect("lock"));
     }
 
     /// Events printed so far.
@@ -100,13 +85,7 @@ impl Observer {
     pub fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(found) = self
-                .events
-                .lock()
-                .expect("lock")
-                .iter()
-                .find(|e| predicate(e))
-            {
+            if let Some(found) = self.events.lock().expect("lock").iter().find(|e| predicate(e)) {
                 return found.clone();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -142,10 +121,7 @@ impl Observer {
         };
         std::thread::sleep(Duration::from_millis(300));
         let stderr = self.stderr.lock().expect("lock").clone();
-        assert!(
-            status.success(),
-            "tyrd failed: {status}; stderr: {stderr:?}"
-        );
+        assert!(status.success(), "tyrd failed: {status}; stderr: {stderr:?}");
         let counters = stderr
             .iter()
             .rev()
@@ -156,11 +132,7 @@ impl Observer {
         if let Some(bad) = events.iter().find(|e| !e.is_object()) {
             panic!("tyrd printed a line that is not a JSON event: {bad}");
         }
-        Observed {
-            events,
-            counters,
-            stderr,
-        }
+        Observed { events, counters, stderr }
     }
 }
 
@@ -176,8 +148,5 @@ pub fn meta<'a>(event: &'a Value, name: &str) -> &'a str {
 
 /// A string unique to one test run, for names the test can find again.
 pub fn marker(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }

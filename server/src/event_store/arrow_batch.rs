@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, FixedSizeBinaryBuilder, Int8Builder, Int64Builder, MapBuilder,
-    MapFieldNames, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, BooleanBuilder, FixedSizeBinaryBuilder, Int8Builder, Int64Builder, MapBuilder, MapFieldNames,
+    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
@@ -75,11 +75,8 @@ impl EventBatchBuilder {
     pub fn with_capacity(capacity: usize) -> Self {
         let uuids = || FixedSizeBinaryBuilder::with_capacity(capacity, UUID_LEN);
         let strings = || StringBuilder::with_capacity(capacity, capacity * 16);
-        let metadata_names = MapFieldNames {
-            entry: "entries".to_owned(),
-            key: "key".to_owned(),
-            value: "value".to_owned(),
-        };
+        let metadata_names =
+            MapFieldNames { entry: "entries".to_owned(), key: "key".to_owned(), value: "value".to_owned() };
         Self {
             event_id: uuids(),
             agent_id: uuids(),
@@ -98,12 +95,8 @@ impl EventBatchBuilder {
             timestamp: TimestampNanosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
             seq: UInt64Builder::with_capacity(capacity),
             policy_version: Int64Builder::with_capacity(capacity),
-            metadata: MapBuilder::new(
-                Some(metadata_names),
-                StringBuilder::new(),
-                StringBuilder::new(),
-            )
-            .with_values_field(Field::new("value", DataType::Utf8, false)),
+            metadata: MapBuilder::new(Some(metadata_names), StringBuilder::new(), StringBuilder::new())
+                .with_values_field(Field::new("value", DataType::Utf8, false)),
             rows: 0,
         }
     }
@@ -123,8 +116,7 @@ impl EventBatchBuilder {
         let event = row.event;
         // Validate everything first so that no column is appended to unless
         // every column is.
-        let event_id = Uuid::try_parse(&event.event_id)
-            .map_err(|_| RowError::EventId(event.event_id.clone()))?;
+        let event_id = Uuid::try_parse(&event.event_id).map_err(|_| RowError::EventId(event.event_id.clone()))?;
         let discovered_agent_id = if event.discovered_agent_id.is_empty() {
             Uuid::nil()
         } else {
@@ -136,15 +128,9 @@ impl EventBatchBuilder {
         let severity = enum_code::<Severity>("severity", event.severity)?;
         let server_verdict = row.server_verdict as i8;
 
-        self.event_id
-            .append_value(event_id.as_bytes())
-            .map_err(invariant)?;
-        self.agent_id
-            .append_value(row.agent_id.as_bytes())
-            .map_err(invariant)?;
-        self.discovered_agent_id
-            .append_value(discovered_agent_id.as_bytes())
-            .map_err(invariant)?;
+        self.event_id.append_value(event_id.as_bytes()).map_err(invariant)?;
+        self.agent_id.append_value(row.agent_id.as_bytes()).map_err(invariant)?;
+        self.discovered_agent_id.append_value(discovered_agent_id.as_bytes()).map_err(invariant)?;
         self.agent_type.append_value(&event.agent_type);
         self.kind.append_value(kind);
         self.resource.append_value(&event.resource);
@@ -173,10 +159,7 @@ impl EventBatchBuilder {
         let columns: [(&str, ArrayRef); 18] = [
             ("event_id", Arc::new(self.event_id.finish())),
             ("agent_id", Arc::new(self.agent_id.finish())),
-            (
-                "discovered_agent_id",
-                Arc::new(self.discovered_agent_id.finish()),
-            ),
+            ("discovered_agent_id", Arc::new(self.discovered_agent_id.finish())),
             ("agent_type", Arc::new(self.agent_type.finish())),
             ("kind", Arc::new(self.kind.finish())),
             ("resource", Arc::new(self.resource.finish())),
@@ -194,10 +177,8 @@ impl EventBatchBuilder {
             ("metadata", Arc::new(self.metadata.finish())),
         ];
         self.rows = 0;
-        let fields: Vec<Field> = columns
-            .iter()
-            .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
-            .collect();
+        let fields: Vec<Field> =
+            columns.iter().map(|(name, array)| Field::new(*name, array.data_type().clone(), false)).collect();
         let arrays = columns.into_iter().map(|(_, array)| array).collect();
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .expect("every column has one value per pushed event")
@@ -235,12 +216,7 @@ mod tests {
     }
 
     fn stored(event: &Event) -> StoredEvent<'_> {
-        StoredEvent {
-            agent_id: Uuid::now_v7(),
-            event,
-            server_verdict: Verdict::Allow,
-            drift_detected: false,
-        }
+        StoredEvent { agent_id: Uuid::now_v7(), event, server_verdict: Verdict::Allow, drift_detected: false }
     }
 
     #[test]
@@ -262,28 +238,14 @@ mod tests {
     fn rejects_bad_rows_without_partial_appends() {
         let mut builder = EventBatchBuilder::with_capacity(4);
         let bad_id = event("not-a-uuid");
-        assert_eq!(
-            builder.push(stored(&bad_id)),
-            Err(RowError::EventId("not-a-uuid".to_owned()))
-        );
+        assert_eq!(builder.push(stored(&bad_id)), Err(RowError::EventId("not-a-uuid".to_owned())));
         let mut bad_kind = event(&Uuid::now_v7().to_string());
         bad_kind.kind = 99;
-        assert_eq!(
-            builder.push(stored(&bad_kind)),
-            Err(RowError::UnknownEnumValue {
-                field: "kind",
-                value: 99
-            })
-        );
+        assert_eq!(builder.push(stored(&bad_kind)), Err(RowError::UnknownEnumValue { field: "kind", value: 99 }));
         let mut bad_discovered = event(&Uuid::now_v7().to_string());
         bad_discovered.discovered_agent_id = "cursor".to_owned();
-        assert!(matches!(
-            builder.push(stored(&bad_discovered)),
-            Err(RowError::DiscoveredAgentId(_))
-        ));
-        builder
-            .push(stored(&event(&Uuid::now_v7().to_string())))
-            .expect("valid event");
+        assert!(matches!(builder.push(stored(&bad_discovered)), Err(RowError::DiscoveredAgentId(_))));
+        builder.push(stored(&event(&Uuid::now_v7().to_string()))).expect("valid event");
         let batch = builder.finish();
         assert_eq!(batch.num_rows(), 1, "rejected events left no trace");
     }

@@ -35,9 +35,7 @@ pub struct EventStore {
 impl std::fmt::Debug for EventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The clients hold credentials: never print them.
-        f.debug_struct("EventStore")
-            .field("database", &self.database)
-            .finish_non_exhaustive()
+        f.debug_struct("EventStore").field("database", &self.database).finish_non_exhaustive()
     }
 }
 
@@ -45,9 +43,7 @@ impl EventStore {
     /// Builds the clients; does not connect until the first request.
     pub fn new(config: &EventStoreConfig) -> Result<Self, EventStoreError> {
         if !is_identifier(&config.database) {
-            return Err(EventStoreError::InvalidDatabaseName(
-                config.database.clone(),
-            ));
+            return Err(EventStoreError::InvalidDatabaseName(config.database.clone()));
         }
         let mut server = Client::default().with_url(&config.url);
         if let Some(user) = &config.user {
@@ -56,11 +52,7 @@ impl EventStore {
         if let Some(password) = &config.password {
             server = server.with_password(password);
         }
-        Ok(Self {
-            client: server.clone().with_database(&config.database),
-            server,
-            database: config.database.clone(),
-        })
+        Ok(Self { client: server.clone().with_database(&config.database), server, database: config.database.clone() })
     }
 
     /// The client scoped to Tyr's database.
@@ -75,11 +67,7 @@ impl EventStore {
 
     /// Checks that ClickHouse answers; returns its version.
     pub async fn server_version(&self) -> Result<String, EventStoreError> {
-        Ok(self
-            .server
-            .query("SELECT version()")
-            .fetch_one::<String>()
-            .await?)
+        Ok(self.server.query("SELECT version()").fetch_one::<String>().await?)
     }
 
     /// Writes Arrow batches of events (see [`arrow_batch`]) in one INSERT.

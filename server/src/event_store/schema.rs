@@ -36,29 +36,14 @@ fn normalised_ttl(retention_days: u32) -> String {
 
 /// Creates the database and the events table if missing, and sets the
 /// table's TTL to the configured retention.
-pub async fn apply(
-    store: &EventStore,
-    retention_days: u32,
-) -> Result<SchemaOutcome, EventStoreError> {
+pub async fn apply(store: &EventStore, retention_days: u32) -> Result<SchemaOutcome, EventStoreError> {
     let database = store.database();
-    store
-        .server
-        .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
-        .execute()
-        .await?;
+    store.server.query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`")).execute().await?;
 
     let existing = table_engine(store).await?;
     let Some(engine_full) = existing else {
-        store
-            .client
-            .query(&events_ddl(retention_days))
-            .execute()
-            .await?;
-        return Ok(SchemaOutcome {
-            created: true,
-            retention_changed: false,
-            kinds_extended: false,
-        });
+        store.client.query(&events_ddl(retention_days)).execute().await?;
+        return Ok(SchemaOutcome { created: true, retention_changed: false, kinds_extended: false });
     };
 
     let retention_changed = !engine_full.contains(&normalised_ttl(retention_days));
@@ -75,17 +60,11 @@ pub async fn apply(
     if kinds_extended {
         store
             .client
-            .query(&format!(
-                "ALTER TABLE {EVENTS_TABLE} MODIFY COLUMN kind {KIND_COLUMN_TYPE}"
-            ))
+            .query(&format!("ALTER TABLE {EVENTS_TABLE} MODIFY COLUMN kind {KIND_COLUMN_TYPE}"))
             .execute()
             .await?;
     }
-    Ok(SchemaOutcome {
-        created: false,
-        retention_changed,
-        kinds_extended,
-    })
+    Ok(SchemaOutcome { created: false, retention_changed, kinds_extended })
 }
 
 /// The type of a column of the events table, as ClickHouse prints it.
@@ -118,11 +97,7 @@ async fn table_engine(store: &EventStore) -> Result<Option<String>, EventStoreEr
 
 /// Rows currently stored in the events table.
 pub async fn event_count(store: &EventStore) -> Result<u64, EventStoreError> {
-    Ok(store
-        .client
-        .query("SELECT count() FROM events")
-        .fetch_one::<u64>()
-        .await?)
+    Ok(store.client.query("SELECT count() FROM events").fetch_one::<u64>().await?)
 }
 
 #[cfg(test)]
@@ -135,9 +110,6 @@ mod tests {
         assert!(ddl.contains("toIntervalDay(30)"));
         assert!(!ddl.contains("{retention_days}"));
         assert!(ddl.contains("CREATE TABLE IF NOT EXISTS events"));
-        assert!(
-            ddl.contains(&format!("kind                {KIND_COLUMN_TYPE},")),
-            "DDL and constant agree"
-        );
+        assert!(ddl.contains(&format!("kind                {KIND_COLUMN_TYPE},")), "DDL and constant agree");
     }
 }
