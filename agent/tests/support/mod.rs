@@ -37,7 +37,12 @@ fn collect_lines<R: std::io::Read + Send + 'static>(reader: R, sink: Arc<Mutex<V
 impl Observer {
     /// Starts `tyrd observe` with `args` and waits until its hooks are attached.
     pub fn start(args: &[&str]) -> Self {
-        let state_dir = std::env::temp_dir().join(format!("tyrd-test-{}", uuid::Uuid::new_v4().simple()));
+        Self::start_in(&std::env::temp_dir().join(format!("tyrd-test-{}", uuid::Uuid::new_v4().simple())), args)
+    }
+
+    /// As [`start`](Self::start), keeping state in `state_dir` (left in place on stop).
+    pub fn start_in(state_dir: &std::path::Path, args: &[&str]) -> Self {
+        let state_dir = state_dir.to_path_buf();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tyrd"))
             .arg("observe")
             .arg("--state-dir")
@@ -127,7 +132,9 @@ impl Observer {
             .rev()
             .find_map(|line| serde_json::from_str::<Value>(line).ok())
             .unwrap_or_else(|| panic!("no counters line on stderr: {stderr:?}"));
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        if self.state_dir.starts_with(std::env::temp_dir()) && self.state_dir.to_string_lossy().contains("tyrd-test-") {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
         let events = self.events();
         if let Some(bad) = events.iter().find(|e| !e.is_object()) {
             panic!("tyrd printed a line that is not a JSON event: {bad}");
