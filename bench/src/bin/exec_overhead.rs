@@ -1,0 +1,82 @@
+//! Load harness: exec throughput with `tyrd observe` running vs without,
+//! alternating rounds in one run so machine noise hits both sides alike.
+//! Needs root (tyrd loads eBPF programs).
+//!
+//! Usage: cargo run --release -p tyr-bench --bin exec_overhead -- [TYRD_PATH] [EXECS_PER_ROUND] [ROUNDS]
+//! (defaults: target/release/tyrd, 2000, 5)
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn execs_per_second(execs: u32) -> f64 {
+    let start = Instant::now();
+    for _ in 0..execs {
+        let status = Command::new("/bin/true").status().expect("run /bin/true");
+        assert!(status.success());
+    }
+    f64::from(execs) / start.elapsed().as_secs_f64()
+}
+
+fn start_tyrd(path: &str, state_dir: &std::path::Path) -> Child {
+    let mut child = Command::new(path)
+        .args(["observe", "--state-dir"])
+        .arg(state_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tyrd");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("tyrd: observing") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("tyrd exited before attaching"),
+        }
+    }
+    // Keep draining stderr so tyrd never blocks on it.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+fn stop_tyrd(mut child: Child) {
+    // SAFETY: kill(2) on our own child's pid with a valid signal.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "tyrd did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let tyrd = args.get(1).cloned().unwrap_or_else(|| "target/release/tyrd".to_owned());
+    let execs: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let rounds: u32 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let state_dir = std::env::temp_dir().join(format!("tyr-exec-overhead-{}", std::process::id()));
+
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let without = execs_per_second(execs);
+        let tyrd_process = start_tyrd(&tyrd, &state_dir);
+        let with = execs_per_second(execs);
+        stop_tyrd(tyrd_process);
+        let ratio = without / with;
+        println!("round {round}: {without:.0} execs/s without tyrd, {with:.0} with; cost ratio {ratio:.3}");
+        ratios.push(ratio);
+    }
+    println!("median cost ratio (time per exec with tyrd / without): {:.3}", median(&mut ratios));
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
