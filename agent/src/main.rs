@@ -37,7 +37,7 @@ enum Command {
     /// then print counters (seen and lost, by kind) to stderr.
     Observe(ObserveArgs),
     /// List the AI agents discovered on this host so far, as JSON lines.
-    Agents(AgentsArgs),
+    Agents(StateDirArg),
 }
 
 #[derive(Debug, Args)]
@@ -64,9 +64,8 @@ struct ObserveArgs {
     /// Events queued between the ring reader and the output.
     #[arg(long, default_value_t = 65_536)]
     queue_capacity: usize,
-    /// Directory for tyrd's state (sequence numbers).
-    #[arg(long, env = "TYR_STATE_DIR", default_value = "/var/lib/tyrd")]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    state: StateDirArg,
     /// Also write every raw kernel record to this file (u32 length + bytes).
     #[arg(long)]
     record_raw: Option<PathBuf>,
@@ -76,8 +75,8 @@ struct ObserveArgs {
 }
 
 #[derive(Debug, Args)]
-struct AgentsArgs {
-    /// Directory for tyrd's state (where observe keeps discovered agents).
+struct StateDirArg {
+    /// Directory for tyrd's state: sequence numbers, discovered agents.
     #[arg(long, env = "TYR_STATE_DIR", default_value = "/var/lib/tyrd")]
     state_dir: PathBuf,
 }
@@ -112,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_delay: Duration::from_millis(args.batch_max_ms),
                 },
                 queue_capacity: args.queue_capacity.max(1),
-                state_dir: args.state_dir,
+                state_dir: args.state.state_dir,
                 record_raw: args.record_raw,
                 unregistered_agents: args.unregistered_agents,
             };

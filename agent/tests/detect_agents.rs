@@ -225,6 +225,7 @@ fn seed_agents_are_recognised_and_their_children_inherit() {
             && field(e, "resource") == "/usr/bin/true"
             && field(e, "cmdline").contains(&shell_marker)
     });
+    assert!(meta(&grandchild, "agent_lineage").contains(&format!("{claude_pid}:claude-code")), "{grandchild}");
     for inherited in [&shell, &grandchild] {
         assert_eq!(field(inherited, "agent_type"), "claude-code", "{inherited}");
         assert_eq!(inherited["discovered_agent_id"], claude_id, "{inherited}");
@@ -247,6 +248,16 @@ fn seed_agents_are_recognised_and_their_children_inherit() {
     }
     // The renamed binary is a weak candidate only, and the evidence says why.
     let renamed_exec = exec_event(&observer, renamed_pid);
+    // Executables are hashed once, off the event path; later execs of the
+    // same file carry the hash.
+    let rerun = spawn(&renamed, &[], &[]).wait();
+    assert!(rerun.expect("wait").success());
+    let hashed = observer.wait_for("hashed exec", |e| {
+        field(e, "kind") == "EXEC"
+            && field(e, "resource") == renamed.to_str().unwrap_or("")
+            && !meta(e, "exe_sha256").is_empty()
+    });
+    assert_eq!(meta(&hashed, "exe_sha256").len(), 64);
     assert_eq!(field(&renamed_exec, "agent_type"), "unknown", "{renamed_exec}");
     assert_eq!(meta(&renamed_exec, "agent_candidate"), "cursor");
     assert_eq!(meta(&renamed_exec, "agent_evidence"), "exe_name:cursor=25");

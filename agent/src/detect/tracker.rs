@@ -22,6 +22,8 @@ use crate::bpf::records::tyr_agent_class;
 /// Arguments kept in a fingerprint, and their length.
 const ARGV_KEPT: usize = 32;
 const ARG_MAX_LEN: usize = 512;
+/// Ancestors listed in `agent_lineage`.
+const LINEAGE_DEPTH: usize = 4;
 /// Behavioural evidence kept per process.
 const EVIDENCE_KEPT: usize = 16;
 /// Interpreters whose entry script is part of an agent's identity.
@@ -93,6 +95,8 @@ struct ProcState {
     agent: u32,
     /// The agent came from an ancestor, not from the process's own fingerprint.
     inherited_from: Option<u32>,
+    /// The parent's thread group id, for the lineage of agent types.
+    parent: u32,
     label: Option<Arc<AgentLabel>>,
 }
 
@@ -177,8 +181,9 @@ impl AgentTracker {
         &self.registry
     }
 
-    /// A process replaced its image.
-    pub fn on_exec(&mut self, pid: u32, ppid: u32, exe: &str, argv: &[u8], kernel_agent: u32) {
+    /// A process replaced its image. Returns the executable's sha256 when it
+    /// is already known (otherwise it is being computed).
+    pub fn on_exec(&mut self, pid: u32, ppid: u32, exe: &str, argv: &[u8], kernel_agent: u32) -> Option<String> {
         let fingerprint = Fingerprint {
             exe: exe.to_owned(),
             argv: split_argv(argv),
@@ -190,13 +195,14 @@ impl AgentTracker {
         let previous = self.processes.get(&pid).map(|s| s.agent).filter(|&a| a != 0);
         let from_parent = self.processes.get(&ppid).map(|s| s.agent).filter(|&a| a != 0);
         let inherited = previous.or(from_parent).or((kernel_agent != 0).then_some(kernel_agent));
-        let mut state = ProcState { fingerprint, ..ProcState::default() };
+        let mut state = ProcState { fingerprint, parent: ppid, ..ProcState::default() };
         if let Some(agent) = inherited {
             state.agent = agent;
             state.inherited_from = Some(agent);
         }
         self.reclassify(pid, &mut state);
         self.processes.put(pid, state);
+        self.hasher.as_mut().and_then(|hasher| hasher.sha256(Path::new(exe)))
     }
 
     /// A process forked: the child belongs to the parent's agent.
@@ -208,6 +214,7 @@ impl AgentTracker {
             own: parent_state.own,
             agent,
             inherited_from: (agent != 0).then_some(agent),
+            parent,
             label: None,
         };
         if agent != 0 && kernel_agent != agent {
@@ -259,11 +266,16 @@ impl AgentTracker {
 
     /// The label for events of `pid` (`kernel_agent`: what the kernel's map said).
     pub fn label(&mut self, pid: u32, kernel_agent: u32) -> Arc<AgentLabel> {
+        if let Some(label) = self.processes.get(&pid).and_then(|s| s.label.clone()) {
+            return label;
+        }
+        let lineage = self.lineage(pid);
         if let Some(state) = self.processes.get_mut(&pid) {
-            if let Some(label) = &state.label {
-                return Arc::clone(label);
+            let mut label = build_label(&self.registry, state, &self.unknown_label);
+            if !lineage.is_empty() {
+                label.metadata.push(("agent_lineage", Arc::from(lineage)));
             }
-            let label = Arc::new(build_label(&self.registry, state, &self.unknown_label));
+            let label = Arc::new(label);
             state.label = Some(Arc::clone(&label));
             return label;
         }
@@ -275,6 +287,21 @@ impl AgentTracker {
             }),
             None => Arc::clone(&self.unknown_label),
         }
+    }
+
+    /// Ancestors nearest first as `pid:agent_type`, bounded, from what the
+    /// tracker has seen.
+    fn lineage(&self, pid: u32) -> String {
+        let mut chain = Vec::new();
+        let mut current = self.processes.peek(&pid).map(|s| s.parent);
+        while let Some(ancestor) = current.filter(|&p| p != 0 && chain.len() < LINEAGE_DEPTH) {
+            let state = self.processes.peek(&ancestor);
+            let agent_type =
+                state.and_then(|s| self.registry.by_index(s.agent)).map_or(UNKNOWN, |a| static_type(&a.agent_type));
+            chain.push(format!("{ancestor}:{agent_type}"));
+            current = state.map(|s| s.parent);
+        }
+        chain.join(",")
     }
 
     /// Scores the fingerprint again and adopts a confident result.
@@ -372,6 +399,9 @@ mod tests {
         t.on_exec(11, 10, "/usr/bin/bash", &argv(&["bash", "-c", "ls"]), 0);
         t.on_fork(11, 12, 0);
         t.on_exec(12, 11, "/usr/bin/ls", &argv(&["ls"]), 0);
+        let lineage = t.label(12, 0);
+        let lineage: std::collections::HashMap<_, _> = lineage.metadata.iter().cloned().collect();
+        assert_eq!(&*lineage["agent_lineage"], "11:claude-code,10:claude-code,1:unknown");
         for pid in [11, 12] {
             let label = t.label(pid, 0);
             assert_eq!(label.agent_type, "claude-code");

@@ -71,7 +71,9 @@ impl EventBuilder {
             Record::Exec { exe, argv, .. } => {
                 let exe = String::from_utf8_lossy(exe);
                 let info = self.cache.on_exec(header.pid, header.ppid, &exe, argv);
-                self.agents.on_exec(header.pid, header.ppid, &exe, argv, header.agent);
+                if let Some(sha) = self.agents.on_exec(header.pid, header.ppid, &exe, argv, header.agent) {
+                    metadata.insert("exe_sha256".to_owned(), sha);
+                }
                 metadata
                     .insert("argc".to_owned(), argv.split(|&b| b == 0).filter(|a| !a.is_empty()).count().to_string());
                 (EventKind::Exec, exe.into_owned(), info)
