@@ -155,7 +155,9 @@ macro_rules! share_maps {
     }};
 }
 
-/// Storage for an object that lives as long as tyrd's capture.
+/// Storage for an object that lives as long as tyrd's capture. Leaked on
+/// purpose: a skeleton borrows it for 'static, and tyrd starts capture once
+/// per process (the storage is one pointer).
 fn object_storage() -> &'static mut MaybeUninit<OpenObject> {
     Box::leak(Box::new(MaybeUninit::uninit()))
 }
@@ -195,26 +197,22 @@ impl Attacher {
         match result {
             Ok(link) => {
                 self.links.push(link);
-                self.hooks.push(HookStatus {
-                    name: hook.to_owned(),
-                    attached: true,
-                    error: String::new(),
-                    fallback: String::new(),
-                });
+                self.record(hook, None, "");
                 true
             }
             Err(error) => {
-                self.refused(hook, &error.to_string(), "");
+                self.record(hook, Some(error.to_string()), "");
                 false
             }
         }
     }
 
-    fn refused(&mut self, hook: &str, error: &str, fallback: &str) {
+    /// Records a hook's outcome; `error` None means attached.
+    fn record(&mut self, hook: &str, error: Option<String>, fallback: &str) {
         self.hooks.push(HookStatus {
             name: hook.to_owned(),
-            attached: false,
-            error: error.to_owned(),
+            attached: error.is_none(),
+            error: error.unwrap_or_default(),
             fallback: fallback.to_owned(),
         });
     }
@@ -403,12 +401,12 @@ fn load_file_hooks(
         },
         Err(error) => error.to_string(),
     };
-    attacher.refused("lsm/file_open", &lsm_error, FILE_FALLBACK);
+    attacher.record("lsm/file_open", Some(lsm_error), FILE_FALLBACK);
 
     let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => skel,
         Err(error) => {
-            attacher.refused(FILE_FALLBACK, &error.to_string(), "");
+            attacher.record(FILE_FALLBACK, Some(error.to_string()), "");
             return (None, None);
         }
     };
@@ -437,8 +435,8 @@ fn load_connect(shared: &SharedMaps, cgroup: &File, attacher: &mut Attacher) -> 
             Some(skel)
         }
         Err(error) => {
-            attacher.refused("cgroup/connect4", &error.to_string(), "");
-            attacher.refused("cgroup/connect6", &error.to_string(), "");
+            attacher.record("cgroup/connect4", Some(error.to_string()), "");
+            attacher.record("cgroup/connect6", Some(error.to_string()), "");
             None
         }
     }
@@ -450,7 +448,7 @@ fn load_tls(shared: &SharedMaps, cgroup: &File, attacher: &mut Attacher) -> Opti
             .attach("cgroup_skb/egress", skel.progs.tyr_tls_egress.attach_cgroup(cgroup.as_raw_fd()))
             .then_some(skel),
         Err(error) => {
-            attacher.refused("cgroup_skb/egress", &error.to_string(), "");
+            attacher.record("cgroup_skb/egress", Some(error.to_string()), "");
             None
         }
     }
