@@ -117,35 +117,7 @@ impl EventBuilder {
                 (EventKind::NetConnect, socket_address(*remote, *port), self.cache.get(header.pid))
             }
             Record::Tls { remote, remote_port, hello, .. } => {
-                metadata.insert("remote_ip".to_owned(), remote.to_string());
-                metadata.insert("remote_port".to_owned(), remote_port.to_string());
-                let resource = match client_hello::parse(hello) {
-                    Ok(parsed) => {
-                        if !parsed.alpn.is_empty() {
-                            metadata.insert("alpn".to_owned(), parsed.alpn.join(","));
-                        }
-                        match parsed.server_name {
-                            Some(sni) => {
-                                if let Some(provider) = provider_for_server_name(&sni) {
-                                    metadata.insert("provider".to_owned(), provider.to_owned());
-                                }
-                                if header.flags & FLAG_OWNER_UNKNOWN == 0
-                                    && let Some(reason) = self.agents.on_tls(header.pid, &sni)
-                                {
-                                    metadata.insert("fingerprint_mismatch".to_owned(), reason);
-                                }
-                                metadata.insert("sni".to_owned(), sni.clone());
-                                sni
-                            }
-                            None => socket_address(*remote, *remote_port),
-                        }
-                    }
-                    Err(error) => {
-                        self.tls_unparsed += 1;
-                        metadata.insert("sni_error".to_owned(), error.to_string());
-                        socket_address(*remote, *remote_port)
-                    }
-                };
+                let resource = self.tls_resource(&header, *remote, *remote_port, hello, &mut metadata);
                 let process = if header.flags & FLAG_OWNER_UNKNOWN != 0 {
                     metadata.insert("owner".to_owned(), "unknown".to_owned());
                     None
@@ -165,6 +137,43 @@ impl EventBuilder {
             event.severity = Severity::High as i32;
         }
         event
+    }
+
+    /// The resource of a TLS event (its server name, or the address when
+    /// there is none) and its metadata: addresses, SNI, provider, ALPN, and
+    /// a fingerprint mismatch when the SNI contradicts the process's agent.
+    fn tls_resource(
+        &mut self,
+        header: &Header,
+        remote: IpAddr,
+        port: u16,
+        hello: &[u8],
+        metadata: &mut BTreeMap<String, String>,
+    ) -> String {
+        metadata.insert("remote_ip".to_owned(), remote.to_string());
+        metadata.insert("remote_port".to_owned(), port.to_string());
+        let parsed = match client_hello::parse(hello) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.tls_unparsed += 1;
+                metadata.insert("sni_error".to_owned(), error.to_string());
+                return socket_address(remote, port);
+            }
+        };
+        if !parsed.alpn.is_empty() {
+            metadata.insert("alpn".to_owned(), parsed.alpn.join(","));
+        }
+        let Some(sni) = parsed.server_name else { return socket_address(remote, port) };
+        if let Some(provider) = provider_for_server_name(&sni) {
+            metadata.insert("provider".to_owned(), provider.to_owned());
+        }
+        if header.flags & FLAG_OWNER_UNKNOWN == 0
+            && let Some(reason) = self.agents.on_tls(header.pid, &sni)
+        {
+            metadata.insert("fingerprint_mismatch".to_owned(), reason);
+        }
+        metadata.insert("sni".to_owned(), sni.clone());
+        sni
     }
 
     fn assemble(
