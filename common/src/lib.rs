@@ -2,4 +2,5 @@
 //! must mean the same thing on every side of the wire.
 
 pub mod agents;
+pub mod policy;
 pub mod providers;
