@@ -13,6 +13,7 @@ use tyr_agent::detect::tracker::UnregisteredAgents;
 use tyr_agent::kinds::{KindSet, parse_kind};
 use tyr_agent::observe::{self, ObserveOptions};
 use tyr_agent::pipeline::batcher::BatchPolicy;
+use tyr_common::policy::{PolicySet, parse_policy};
 use tyr_proto::EventKind;
 
 /// Events are a handful of short strings each, allocated and freed in
@@ -38,6 +39,19 @@ enum Command {
     Observe(ObserveArgs),
     /// List the AI agents discovered on this host so far, as JSON lines.
     Agents(StateDirArg),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and print a summary of its rules as JSON; exit
+    /// 2 with every problem (document, rule, field, line) on stderr.
+    Check {
+        /// The policy YAML file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +132,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let counters = observe::run(options)?;
             eprintln!("{}", serde_json::to_string(&counters)?);
         }
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let source = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name =
+                file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let policy = parse_policy(&name, &source)?;
+            println!("{}", serde_json::to_string_pretty(&policy_summary(&policy))?);
+        }
         Command::Agents(args) => {
             let registry = Registry::open(&args.state_dir).context("reading discovered agents")?;
             let mut out = std::io::stdout().lock();
@@ -128,6 +149,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `tyrd policy check` prints about a valid policy.
+fn policy_summary(policy: &PolicySet) -> serde_json::Value {
+    let rules = |rules: &[tyr_common::policy::Rule]| -> Vec<serde_json::Value> {
+        rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "action": r.action.as_str(),
+                    "verdict": r.verdict.as_str(),
+                    "severity": r.severity.as_str(),
+                    "paths": r.paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                    "cidrs": r.cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ports": r.ports.iter().map(|p| format!("{}-{}", p.first, p.last)).collect::<Vec<_>>(),
+                    "sni": r.server_names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "name": policy.name,
+        "default_verdict": policy.base.default_verdict.as_str(),
+        "rules": rules(&policy.base.rules),
+        "overlays": policy.overlays.iter().map(|(agent, r)| (agent.clone(), serde_json::Value::from(rules(r)))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 #[cfg(test)]
