@@ -85,6 +85,20 @@ async fn row_binary_and_json_inserts_text_outputs_and_parameters() {
     let count: u64 = db.query("SELECT count() FROM samples").fetch_one().await.expect("count");
     assert_eq!(count, 1_002);
 
+    // Client-side bound values, a query's own FORMAT, and a long streamed result.
+    let quoted: Vec<Sample> =
+        db.query("SELECT ?fields FROM samples WHERE name = ?").bind("json \"quoted\"").fetch_all().await.expect("bind");
+    assert_eq!(quoted.len(), 1);
+    let json = fetch_text(&db, "SELECT count() AS n FROM samples FORMAT JSONEachRow", "TabSeparated").await;
+    assert_eq!(json, "{\"n\":1002}\n");
+    let mut numbers = db.query("SELECT number FROM numbers(300000)").fetch::<u64>().expect("fetch");
+    let mut streamed = 0u64;
+    while let Some(n) = numbers.next().await.expect("row") {
+        assert_eq!(n, streamed);
+        streamed += 1;
+    }
+    assert_eq!(streamed, 300_000);
+
     // A malformed JSONEachRow body is refused with ClickHouse's error and
     // stores nothing.
     let mut bad = db.insert_formatted_with("INSERT INTO samples FORMAT JSONEachRow");
