@@ -7,8 +7,10 @@
 //! gets the default verdict. A base policy applies to every process of the
 //! daemon; overlays add rules for one agent type, checked before the base.
 
+pub mod compile;
 pub mod model;
 pub mod parse;
 
+pub use compile::{CompileError, CompiledPolicy, compile};
 pub use model::{Action, Decision, Policy, PolicySet, Request, Rule, Severity, Verdict};
 pub use parse::{PolicyError, PolicyErrors, parse_policy};
