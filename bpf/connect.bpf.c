@@ -1,9 +1,12 @@
 /* Outbound connects, IPv4 and IPv6, from the cgroup sock_addr hooks attached
  * at the cgroup2 root: they run in the connecting process's context before
- * the connect is made (so policy can refuse it, in a later stage), for TCP
- * and connected UDP alike. Each connect also records which process owns the
+ * the connect is made, so policy can refuse it (ECONNREFUSED), for TCP and
+ * connected UDP alike. Each connect also records which process owns the
  * socket, so tls_egress.bpf.c can attribute the ClientHello it sees. */
 #include "lib/common.h"
+#include "lib/net_policy.h"
+
+#define TYR_ECONNREFUSED 111
 
 #define TYR_AF_INET 2
 #define TYR_AF_INET6 10
@@ -29,19 +32,11 @@ static __always_inline int tyr_connect(struct bpf_sock_addr *ctx, __u16 family)
 	struct tyr_config *cfg = tyr_config();
 	if (!cfg)
 		return 1;
-	bool want_connect = tyr_kind_enabled(cfg, TYR_KIND_NET_CONNECT);
-	if (!want_connect && !tyr_kind_enabled(cfg, TYR_KIND_TLS))
-		return 1;
 
 	struct tyr_connect_fixed rec = {};
 	tyr_fill_header(&rec.hdr, TYR_REC_CONNECT, TYR_KIND_NET_CONNECT);
-	tyr_remember_owner(ctx, &rec.hdr);
-	if (!want_connect || !tyr_process_selected(cfg, rec.hdr.pid, rec.hdr.comm))
-		return 1;
-	if (!tyr_ring_has_room(cfg)) {
-		tyr_count_lost(TYR_KIND_NET_CONNECT);
-		return 1;
-	}
+	if (tyr_kind_enabled(cfg, TYR_KIND_TLS))
+		tyr_remember_owner(ctx, &rec.hdr);
 	rec.hdr.size = sizeof(rec);
 	rec.family = family;
 	rec.port = bpf_ntohs(ctx->user_port);
@@ -59,9 +54,33 @@ static __always_inline int tyr_connect(struct bpf_sock_addr *ctx, __u16 family)
 		ip6[3] = ctx->user_ip6[3];
 		__builtin_memcpy(rec.addr, ip6, 16);
 	}
+
+	/* Policy first: the verdict stands whether or not the event is kept. */
+	struct tyr_decision decision;
+	__u32 class = rec.hdr.agent_type ? rec.hdr.agent_type : TYR_CLASS_UNKNOWN;
+	tyr_net_decide(class, family == TYR_AF_INET6, rec.addr, rec.port, &decision);
+	rec.policy_version = decision.version;
+	rec.rule = decision.rule;
+	rec.verdict = decision.verdict;
+	int allow = 1;
+	if (decision.verdict == TYR_VERDICT_DENY) {
+		bpf_set_retval(-TYR_ECONNREFUSED);
+		allow = 0;
+	}
+
+	/* Decisions other than plain allow are always reported. */
+	bool decided = decision.verdict == TYR_VERDICT_DENY || decision.verdict == TYR_VERDICT_ALERT;
+	if (!tyr_kind_enabled(cfg, TYR_KIND_NET_CONNECT) && !decided)
+		return allow;
+	if (!decided && !tyr_process_selected(cfg, rec.hdr.pid, rec.hdr.comm))
+		return allow;
+	if (!decided && !tyr_ring_has_room(cfg)) {
+		tyr_count_lost(TYR_KIND_NET_CONNECT);
+		return allow;
+	}
 	if (bpf_ringbuf_output(&tyr_events, &rec, sizeof(rec), 0))
 		tyr_count_lost(TYR_KIND_NET_CONNECT);
-	return 1;
+	return allow;
 }
 
 SEC("cgroup/connect4")

@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod capture;
 pub mod detect;
+pub mod enforce;
 pub mod host;
 pub mod kinds;
 pub mod observe;

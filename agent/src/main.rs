@@ -83,6 +83,9 @@ struct ObserveArgs {
     /// Also write every raw kernel record to this file (u32 length + bytes).
     #[arg(long)]
     record_raw: Option<PathBuf>,
+    /// Enforce this policy file in the kernel (connect rules today); SIGHUP reloads it.
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// What happens to processes no known agent signature claims.
     #[arg(long, env = "TYR_UNREGISTERED_AGENTS", value_enum, default_value_t = UnregisteredAgents::Audit)]
     unregistered_agents: UnregisteredAgents,
@@ -119,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("--ring-mb {} is not a power of two below 4096", args.ring_mb))?;
             let kinds = if args.kinds.is_empty() { KindSet::all() } else { args.kinds.iter().copied().collect() };
             let options = ObserveOptions {
-                capture: CaptureConfig { kinds, comms: args.comms, pids: args.pids, ring_bytes },
+                capture: CaptureConfig { kinds, comms: args.comms, pids: args.pids, ring_bytes, enforce: false },
                 batch: BatchPolicy {
                     max_events: args.batch_max_events as usize,
                     max_delay: Duration::from_millis(args.batch_max_ms),
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir: args.state.state_dir,
                 record_raw: args.record_raw,
                 unregistered_agents: args.unregistered_agents,
+                policy: args.policy,
             };
             let counters = observe::run(options)?;
             eprintln!("{}", serde_json::to_string(&counters)?);

@@ -15,7 +15,6 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use libbpf_rs::RingBufferBuilder;
@@ -26,12 +25,29 @@ use crate::capture::{Capture, CaptureConfig};
 use crate::detect::exe_hash::ExeHasher;
 use crate::detect::registry::Registry;
 use crate::detect::tracker::{AgentTracker, UnregisteredAgents};
+use crate::enforce::PolicyInstaller;
 use crate::kinds::{ALL_KINDS, KIND_COUNT, KindSet};
 use crate::pipeline::batcher::{self, BatchPolicy};
 use crate::pipeline::clock::BootClock;
 use crate::pipeline::event_builder::EventBuilder;
 use crate::pipeline::process_cache::ProcessCache;
 use crate::pipeline::seq::SeqAllocator;
+use tyr_common::policy::{compile, parse_policy};
+
+/// Records consumed between checks for signals and reloads.
+const CONSUME_BATCH: usize = 4096;
+/// Longest wait for new records before checking for signals again.
+const POLL_TIMEOUT_MS: i32 = 100;
+/// Bites of the final drain (the ring holds at most this many batches of small records).
+const DRAIN_BITES: usize = 256;
+
+/// Waits until the ring has records or `timeout_ms` passes (EINTR included).
+fn wait_readable(epoll_fd: i32, timeout_ms: i32) {
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: `event` is a valid buffer for one event; the fd is the ring
+    // buffer's epoll instance, alive while the ring buffer is.
+    unsafe { libc::epoll_wait(epoll_fd, &mut event, 1, timeout_ms) };
+}
 
 /// Processes the cache remembers.
 const PROCESS_CACHE_CAPACITY: usize = 65_536;
@@ -51,6 +67,35 @@ pub struct ObserveOptions {
     pub record_raw: Option<PathBuf>,
     /// What happens to processes no agent signature claims.
     pub unregistered_agents: UnregisteredAgents,
+    /// A local policy file to enforce (reloaded on SIGHUP).
+    pub policy: Option<PathBuf>,
+}
+
+/// A local policy file and the installer that puts it in force.
+struct LocalPolicy {
+    path: PathBuf,
+    installer: PolicyInstaller,
+    version: i64,
+}
+
+impl LocalPolicy {
+    /// Reads, validates, compiles and installs the file; on any error the
+    /// policy in force (if any) stays.
+    fn load(&mut self) -> anyhow::Result<i64> {
+        let source = std::fs::read_to_string(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        let name =
+            self.path.file_name().map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let set = parse_policy(&name, &source)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let version = now_ms.max(self.version + 1);
+        let compiled = compile(&set, version).context("compiling the policy for the kernel")?;
+        self.installer.install(Arc::new(compiled)).context("installing the policy")?;
+        self.version = version;
+        Ok(version)
+    }
 }
 
 /// An event as one JSON line: the Event message's field names.
@@ -69,6 +114,7 @@ struct JsonEvent<'a> {
     timestamp_ns: i64,
     agent_type: &'a str,
     discovered_agent_id: &'a str,
+    policy_version: i64,
     metadata: BTreeMap<&'a str, &'a str>,
 }
 
@@ -91,6 +137,7 @@ fn write_event(out: &mut impl Write, event: &Event) -> std::io::Result<()> {
         timestamp_ns: event.timestamp_ns,
         agent_type: &event.agent_type,
         discovered_agent_id: &event.discovered_agent_id,
+        policy_version: event.policy_version,
         metadata: event.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
     };
     serde_json::to_writer(&mut *out, &line)?;
@@ -142,6 +189,9 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .context("installing signal handlers")?;
     let seq = SeqAllocator::persistent(&options.state_dir)
         .with_context(|| format!("state directory {}", options.state_dir.display()))?;
     let mut raw_out = match &options.record_raw {
@@ -153,7 +203,20 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         None => None,
     };
 
-    let capture = Capture::start(&options.capture).context("starting kernel capture")?;
+    let mut capture_config = options.capture.clone();
+    capture_config.enforce = options.policy.is_some();
+    let capture = Capture::start(&capture_config).context("starting kernel capture")?;
+    let mut local_policy = match &options.policy {
+        Some(path) => {
+            let maps =
+                capture.policy_maps()?.context("the connect hooks did not attach: nothing could enforce the policy")?;
+            let mut policy = LocalPolicy { path: path.clone(), installer: PolicyInstaller::new(maps), version: 0 };
+            let version = policy.load()?;
+            eprintln!("tyrd: policy version {version} in force");
+            Some(policy)
+        }
+        None => None,
+    };
     for hook in capture.capabilities().hooks.iter().filter(|h| !h.attached) {
         let fallback = if hook.fallback.is_empty() { "none".to_owned() } else { hook.fallback.clone() };
         eprintln!("tyrd: hook {} not attached ({}); fallback: {fallback}", hook.name, hook.error);
@@ -192,6 +255,9 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         options.unregistered_agents,
     );
     let mut builder = EventBuilder::new(ProcessCache::new(capacity), BootClock::now(), seq, tracker);
+    if let Some(policy) = &local_policy {
+        builder = builder.with_policies(policy.installer.versions());
+    }
     let mut seen = [0u64; KIND_COUNT];
     let mut decode_failed = 0u64;
     let output_closed = Cell::new(false);
@@ -221,20 +287,39 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
             0
         })?;
         let ring_buffer = ring_builder.build()?;
-        while !stop.load(Ordering::Relaxed) {
-            match ring_buffer.poll(Duration::from_millis(100)) {
-                Ok(()) => {}
-                Err(error) if error.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-                Err(_) if output_closed.get() => break,
-                Err(error) => return Err(error).context("polling the ring buffer"),
+        let epoll = ring_buffer.epoll_fd();
+        while !stop.load(Ordering::Relaxed) && !output_closed.get() {
+            if reload.swap(false, Ordering::Relaxed)
+                && let Some(policy) = local_policy.as_mut()
+            {
+                match policy.load() {
+                    Ok(version) => eprintln!("tyrd: policy version {version} in force"),
+                    Err(error) => {
+                        eprintln!("tyrd: policy reload refused, version {} stays in force: {error:#}", policy.version)
+                    }
+                }
             }
-            if output_closed.get() {
-                break;
+            // Bounded bites, so signals and reloads are seen even when
+            // records arrive as fast as they are consumed.
+            let consumed = ring_buffer.consume_raw_n(CONSUME_BATCH);
+            if consumed < 0 {
+                if output_closed.get() {
+                    break;
+                }
+                return Err(std::io::Error::from_raw_os_error(-consumed)).context("consuming the ring buffer");
+            }
+            if (consumed as usize) < CONSUME_BATCH {
+                wait_readable(epoll, POLL_TIMEOUT_MS);
             }
         }
-        // Drain what is already in the ring before detaching.
+        // Drain what is already in the ring before detaching (bounded: a
+        // producer that never stops cannot hold tyrd here).
         if !output_closed.get() {
-            let _ = ring_buffer.consume();
+            for _ in 0..DRAIN_BITES {
+                if ring_buffer.consume_raw_n(CONSUME_BATCH) < CONSUME_BATCH as i32 {
+                    break;
+                }
+            }
         }
     }
     drop(sender);

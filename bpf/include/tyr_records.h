@@ -36,6 +36,11 @@ enum tyr_file_source {
 	TYR_FILE_SOURCE_SYSCALL = 2, /* openat/openat2/open/creat tracepoints */
 };
 
+/* Verdicts, numbered as tyr.v1.Verdict. */
+#define TYR_VERDICT_ALLOW 1
+#define TYR_VERDICT_DENY 2
+#define TYR_VERDICT_ALERT 3
+
 /* Header flags. */
 #define TYR_F_TRUNCATED (1U << 0)   /* variable data was cut at its bound */
 #define TYR_F_OWNER_UNKNOWN (1U << 1) /* TLS: no process known for the socket */
@@ -105,6 +110,9 @@ struct tyr_connect_fixed {
 	__u16 protocol;
 	__u8 addr[16];    /* IPv4 in the first 4 bytes */
 	__u64 cookie;     /* socket cookie */
+	__u64 policy_version; /* version the verdict was decided under (0: no policy) */
+	__u32 rule;       /* 1-based rule index in that version (0: the default) */
+	__u32 verdict;    /* tyr.v1.Verdict; 0: no policy loaded */
 };
 
 /* data: the start of the TCP payload carrying a TLS ClientHello. */
@@ -116,6 +124,61 @@ struct tyr_tls_fixed {
 	__u16 reserved;
 	__u8 remote_addr[16];
 	__u64 cookie;
+};
+
+/* In-kernel policy, in two slots: tyrd fills the inactive slot completely,
+ * then flips the one-word `tyr_policy_active` (0: none, 1: slot 0, 2: slot
+ * 1); a program reads it once and decides with that slot only, so no
+ * syscall is ever checked against a half-written policy.
+ *
+ * Connect rules compile to a longest-prefix-match trie per address family,
+ * keyed by (agent type class, address): the longest configured prefix
+ * containing the address names the ordered list of rules that can match it
+ * (every rule whose ranges contain that prefix, plus rules with no range),
+ * checked in policy order against the port. Class 0 holds the base policy;
+ * a class with an overlay holds overlay rules then base rules. */
+#define TYR_POLICY_CANDIDATES 16
+#define TYR_POLICY_PORT_RANGES 8
+#define TYR_POLICY_LISTS 4096
+/* Class of processes no agent claims, for an `unknown` overlay. */
+#define TYR_CLASS_UNKNOWN 0xfffffffeU
+
+struct tyr_net_key4 {
+	__u32 prefixlen; /* 32 (class) + address prefix length */
+	__u32 class;     /* big-endian agent type class, 0: base */
+	__u8 addr[4];
+};
+
+struct tyr_net_key6 {
+	__u32 prefixlen;
+	__u32 class;
+	__u8 addr[16];
+};
+
+struct tyr_port_range {
+	__u16 first;
+	__u16 last;
+};
+
+struct tyr_net_candidate {
+	__u32 rule;    /* 1-based rule index */
+	__u8 verdict;  /* tyr.v1.Verdict */
+	__u8 nports;   /* 0: any port */
+	__u16 reserved;
+	struct tyr_port_range ports[TYR_POLICY_PORT_RANGES];
+};
+
+struct tyr_net_candidates {
+	__u32 count;
+	__u32 reserved;
+	struct tyr_net_candidate list[TYR_POLICY_CANDIDATES];
+};
+
+/* What a slot holds besides its rules; written before the slot is activated. */
+struct tyr_policy_slot {
+	__u64 version;         /* policy_version */
+	__u32 default_verdict; /* verdict when no rule matches */
+	__u32 reserved;
 };
 
 /* Settings, written by tyrd into the config map before attaching. */

@@ -57,6 +57,22 @@ struct {
 	__type(value, struct tyr_agent_class);
 } tyr_agents SEC(".maps");
 
+/* Which policy slot is active: 0 none, 1 slot 0, 2 slot 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tyr_policy_active SEC(".maps");
+
+/* Each slot's version and default verdict. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct tyr_policy_slot);
+} tyr_policy_slots SEC(".maps");
+
 /* Socket cookie -> owning process, written at connect, read on egress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -95,6 +111,10 @@ struct tyr_tls_fixed tyr_type_tls = {};
 struct tyr_config tyr_type_config = {};
 struct tyr_sock_owner tyr_type_sock_owner = {};
 struct tyr_agent_class tyr_type_agent_class = {};
+struct tyr_policy_slot tyr_type_policy_slot = {};
+struct tyr_net_key4 tyr_type_net_key4 = {};
+struct tyr_net_key6 tyr_type_net_key6 = {};
+struct tyr_net_candidates tyr_type_net_candidates = {};
 
 static __always_inline struct tyr_config *tyr_config(void)
 {

@@ -43,3 +43,7 @@ unsafe impl plain::Plain for records::tyr_tls_fixed {}
 unsafe impl plain::Plain for records::tyr_config {}
 // SAFETY: as above.
 unsafe impl plain::Plain for records::tyr_agent_class {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_policy_slot {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_net_candidates {}

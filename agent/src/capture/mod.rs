@@ -38,11 +38,13 @@ pub struct CaptureConfig {
     pub pids: Vec<u32>,
     /// Bytes of the ring buffer (a power of two, at least one page).
     pub ring_bytes: u32,
+    /// Load the enforcing hooks (connect) even when their events are not wanted.
+    pub enforce: bool,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        Self { kinds: KindSet::all(), comms: Vec::new(), pids: Vec::new(), ring_bytes: 32 << 20 }
+        Self { kinds: KindSet::all(), comms: Vec::new(), pids: Vec::new(), ring_bytes: 32 << 20, enforce: false }
     }
 }
 
@@ -123,6 +125,19 @@ impl Capabilities {
     }
 }
 
+/// Handles on the kernel's policy maps (see `enforce`).
+#[derive(Debug)]
+pub struct PolicyMaps {
+    /// The one-word switch: 0 none, 1 slot 0, 2 slot 1.
+    pub active: MapHandle,
+    /// Per-slot version and default verdict.
+    pub slots: MapHandle,
+    /// Per slot: IPv4 and IPv6 prefix tries, candidate lists.
+    pub net4: [MapHandle; 2],
+    pub net6: [MapHandle; 2],
+    pub lists: [MapHandle; 2],
+}
+
 /// Handles on the maps every object shares (created by the process object).
 #[derive(Debug)]
 struct SharedMaps {
@@ -134,6 +149,8 @@ struct SharedMaps {
     sock_owners: MapHandle,
     scratch: MapHandle,
     agents: MapHandle,
+    policy_active: MapHandle,
+    policy_slots: MapHandle,
 }
 
 fn reuse(map: &mut OpenMapMut<'_>, handle: &MapHandle) -> libbpf_rs::Result<()> {
@@ -152,6 +169,8 @@ macro_rules! share_maps {
             .and_then(|()| reuse(&mut maps.tyr_sock_owners, &$shared.sock_owners))
             .and_then(|()| reuse(&mut maps.tyr_scratch_map, &$shared.scratch))
             .and_then(|()| reuse(&mut maps.tyr_agents, &$shared.agents))
+            .and_then(|()| reuse(&mut maps.tyr_policy_active, &$shared.policy_active))
+            .and_then(|()| reuse(&mut maps.tyr_policy_slots, &$shared.policy_slots))
     }};
 }
 
@@ -255,6 +274,8 @@ impl Capture {
             sock_owners: handle(&process.maps.tyr_sock_owners)?,
             scratch: handle(&process.maps.tyr_scratch_map)?,
             agents: handle(&process.maps.tyr_agents)?,
+            policy_active: handle(&process.maps.tyr_policy_active)?,
+            policy_slots: handle(&process.maps.tyr_policy_slots)?,
         };
         write_config(&shared, config)?;
 
@@ -272,7 +293,7 @@ impl Capture {
         let (file_lsm, file_syscalls) =
             if wants_files { load_file_hooks(&shared, &mut attacher) } else { (None, None) };
 
-        let wants_net = config.kinds.contains(Kind::NetConnect) || config.kinds.contains(Kind::Tls);
+        let wants_net = config.enforce || config.kinds.contains(Kind::NetConnect) || config.kinds.contains(Kind::Tls);
         let cgroup = if wants_net { Some(open_cgroup_root(&host)?) } else { None };
         let connect = match &cgroup {
             Some(root) => load_connect(&shared, root, &mut attacher),
@@ -322,6 +343,27 @@ impl Capture {
     /// A handle on the pid -> agent map processes inherit on fork.
     pub fn agent_map(&self) -> Result<MapHandle, CaptureError> {
         MapHandle::try_from(&self.shared.agents).map_err(|source| CaptureError::Map { map: "tyr_agents", source })
+    }
+
+    /// The maps policy is installed into, when the connect hooks loaded.
+    pub fn policy_maps(&self) -> Result<Option<PolicyMaps>, CaptureError> {
+        let Some(connect) = &self._connect else { return Ok(None) };
+        let map = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {
+            MapHandle::try_from(m).map_err(|source| CaptureError::Map { map: name, source })
+        };
+        let maps = &connect.maps;
+        Ok(Some(PolicyMaps {
+            active: MapHandle::try_from(&self.shared.policy_active)
+                .map_err(|source| CaptureError::Map { map: "tyr_policy_active", source })?,
+            slots: MapHandle::try_from(&self.shared.policy_slots)
+                .map_err(|source| CaptureError::Map { map: "tyr_policy_slots", source })?,
+            net4: [map(&maps.tyr_net4_slot0, "tyr_net4_slot0")?, map(&maps.tyr_net4_slot1, "tyr_net4_slot1")?],
+            net6: [map(&maps.tyr_net6_slot0, "tyr_net6_slot0")?, map(&maps.tyr_net6_slot1, "tyr_net6_slot1")?],
+            lists: [
+                map(&maps.tyr_net_lists_slot0, "tyr_net_lists_slot0")?,
+                map(&maps.tyr_net_lists_slot1, "tyr_net_lists_slot1")?,
+            ],
+        }))
     }
 
     /// Records the kernel could not emit, per event kind number.

@@ -117,6 +117,10 @@ pub enum Record<'a> {
         sock_type: u16,
         protocol: u16,
         cookie: u64,
+        /// Policy decision: version, 1-based rule (0: default), verdict (0: no policy).
+        policy_version: u64,
+        rule: u32,
+        verdict: u32,
     },
     Tls {
         header: Header,
@@ -224,6 +228,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 sock_type: rec.sock_type,
                 protocol: rec.protocol,
                 cookie: rec.cookie,
+                policy_version: rec.policy_version,
+                rule: rec.rule,
+                verdict: rec.verdict,
             })
         }
         record_type::TLS => {
@@ -243,7 +250,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
 
 /// Version of the record layouts in `bpf/include/tyr_records.h`; bumped
 /// whenever a layout changes, so old recordings are refused, not misread.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The start of a recording: magic and layout version.
 pub fn recording_header() -> [u8; 12] {
@@ -346,6 +353,9 @@ pub mod encode {
             protocol: 6,
             addr,
             cookie: 42,
+            policy_version: 0,
+            rule: 0,
+            verdict: 0,
         };
         bytes_of(&rec)
     }

@@ -18,6 +18,8 @@ use super::seq::SeqAllocator;
 use crate::capture::client_hello;
 use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, Record};
 use crate::detect::tracker::{AgentLabel, AgentTracker};
+use crate::enforce::PolicyVersions;
+use tyr_common::policy::model::Severity as PolicySeverity;
 
 /// Builds events from raw records, keeping the process cache current.
 #[derive(Debug)]
@@ -26,19 +28,27 @@ pub struct EventBuilder {
     clock: BootClock,
     seq: SeqAllocator,
     agents: AgentTracker,
+    /// Rule names of the policies the kernel decided under.
+    policies: PolicyVersions,
     /// TLS records whose ClientHello could not be parsed (still emitted).
     pub tls_unparsed: u64,
 }
 
 impl EventBuilder {
     pub fn new(cache: ProcessCache, clock: BootClock, seq: SeqAllocator, agents: AgentTracker) -> Self {
-        Self { cache, clock, seq, agents, tls_unparsed: 0 }
+        Self { cache, clock, seq, agents, policies: PolicyVersions::default(), tls_unparsed: 0 }
     }
 
     /// A builder with an in-memory sequence, a cache of `capacity` and an
     /// agent tracker attached to nothing (benchmarks, replays).
     pub fn in_memory(capacity: NonZeroUsize) -> Self {
         Self::new(ProcessCache::new(capacity), BootClock::now(), SeqAllocator::in_memory(), AgentTracker::detached())
+    }
+
+    /// Resolve kernel policy decisions' rule names through `policies`.
+    pub fn with_policies(mut self, policies: PolicyVersions) -> Self {
+        self.policies = policies;
+        self
     }
 
     /// The agent tracker (discovered agents, counters).
@@ -67,6 +77,7 @@ impl EventBuilder {
             metadata.insert("truncated".to_owned(), "true".to_owned());
         }
         let mut exit_label = None;
+        let mut decision = None;
         let (kind, resource, process) = match record {
             Record::Exec { exe, argv, .. } => {
                 let exe = String::from_utf8_lossy(exe);
@@ -110,7 +121,10 @@ impl EventBuilder {
                 self.agents.on_file(header.pid, &resource, kind == EventKind::FileWrite);
                 (kind, resource, self.cache.get(header.pid))
             }
-            Record::Connect { remote, port, sock_type, .. } => {
+            Record::Connect { remote, port, sock_type, policy_version, rule, verdict, .. } => {
+                if *verdict != 0 {
+                    decision = Some((*policy_version, *rule, *verdict));
+                }
                 metadata.insert("remote_ip".to_owned(), remote.to_string());
                 metadata.insert("remote_port".to_owned(), port.to_string());
                 metadata.insert("protocol".to_owned(), socket_protocol(*sock_type).to_owned());
@@ -136,7 +150,40 @@ impl EventBuilder {
         if event.metadata.contains_key("fingerprint_mismatch") {
             event.severity = Severity::High as i32;
         }
+        if let Some((version, rule, verdict)) = decision {
+            self.apply_decision(&mut event, version, rule, verdict);
+        }
         event
+    }
+
+    /// Records the kernel's policy decision on an event: verdict, policy
+    /// version, rule name and severity.
+    fn apply_decision(&self, event: &mut Event, version: u64, rule: u32, verdict: u32) {
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        event.verdict = i32::try_from(verdict).unwrap_or(0);
+        event.policy_version = version;
+        match self.policies.rule(version, rule) {
+            Some(info) => {
+                event.metadata.insert("rule".to_owned(), info.name);
+                event.severity = match info.severity {
+                    PolicySeverity::Info => Severity::Info,
+                    PolicySeverity::Low => Severity::Low,
+                    PolicySeverity::Medium => Severity::Medium,
+                    PolicySeverity::High => Severity::High,
+                    PolicySeverity::Critical => Severity::Critical,
+                } as i32;
+            }
+            None if rule == 0 => {
+                event.metadata.insert("rule".to_owned(), "default".to_owned());
+            }
+            None => {
+                event.metadata.insert("rule".to_owned(), format!("#{rule}"));
+            }
+        }
+        if event.verdict == Verdict::Deny as i32 {
+            // Connect hooks refuse in the kernel (ECONNREFUSED).
+            event.metadata.insert("enforced".to_owned(), "true".to_owned());
+        }
     }
 
     /// The resource of a TLS event (its server name, or the address when

@@ -81,6 +81,16 @@ impl Observer {
         panic!("tyrd did not print {needle:?}; stderr: {:?}", self.stderr.lock().expect("lock"));
     }
 
+    /// A live view of the stderr lines printed so far.
+    pub fn stderr_lines(&self) -> Arc<Mutex<Vec<String>>> {
+        Arc::clone(&self.stderr)
+    }
+
+    /// tyrd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Events printed so far.
     pub fn events(&self) -> Vec<Value> {
         self.events.lock().expect("lock").clone()

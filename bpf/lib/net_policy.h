@@ -1,0 +1,113 @@
+/* Connect decisions against the active policy slot (see tyr_records.h for
+ * the layout and why there are two slots). */
+#pragma once
+
+#include "common.h"
+
+#define TYR_NET_TRIE(name, key_type)                  \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);  \
+		__uint(max_entries, 16384);           \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__type(key, key_type);                \
+		__type(value, __u32);                 \
+	} name SEC(".maps")
+
+TYR_NET_TRIE(tyr_net4_slot0, struct tyr_net_key4);
+TYR_NET_TRIE(tyr_net4_slot1, struct tyr_net_key4);
+TYR_NET_TRIE(tyr_net6_slot0, struct tyr_net_key6);
+TYR_NET_TRIE(tyr_net6_slot1, struct tyr_net_key6);
+
+#define TYR_NET_LISTS(name)                                 \
+	struct {                                            \
+		__uint(type, BPF_MAP_TYPE_ARRAY);           \
+		__uint(max_entries, TYR_POLICY_LISTS);      \
+		__type(key, __u32);                         \
+		__type(value, struct tyr_net_candidates);   \
+	} name SEC(".maps")
+
+TYR_NET_LISTS(tyr_net_lists_slot0);
+TYR_NET_LISTS(tyr_net_lists_slot1);
+
+/* The outcome of a policy decision. */
+struct tyr_decision {
+	__u64 version;
+	__u32 rule;
+	__u32 verdict; /* 0 when no policy is loaded */
+};
+
+static __always_inline bool tyr_port_in(const struct tyr_net_candidate *c, __u16 port)
+{
+	if (c->nports == 0)
+		return true;
+	for (int i = 0; i < TYR_POLICY_PORT_RANGES; i++) {
+		if (i >= c->nports)
+			break;
+		if (port >= c->ports[i].first && port <= c->ports[i].last)
+			return true;
+	}
+	return false;
+}
+
+/* First matching candidate of the list `index` in `slot`, or the default. */
+static __always_inline void tyr_net_pick(const struct tyr_policy_slot *meta, __u32 slot, const __u32 *index,
+					 __u16 port, struct tyr_decision *out)
+{
+	out->version = meta->version;
+	out->verdict = meta->default_verdict;
+	out->rule = 0;
+	if (!index)
+		return;
+	struct tyr_net_candidates *list = slot ? bpf_map_lookup_elem(&tyr_net_lists_slot1, index)
+					       : bpf_map_lookup_elem(&tyr_net_lists_slot0, index);
+	if (!list)
+		return;
+	for (int i = 0; i < TYR_POLICY_CANDIDATES; i++) {
+		if (i >= list->count)
+			break;
+		const struct tyr_net_candidate *c = &list->list[i];
+		if (tyr_port_in(c, port)) {
+			out->verdict = c->verdict;
+			out->rule = c->rule;
+			return;
+		}
+	}
+}
+
+/* Looks the destination up for the process's agent class, falling back to
+ * the base policy (class 0) when the class has no overlay. */
+static __always_inline void tyr_net_decide(__u32 class, bool v6, const __u8 *addr, __u16 port,
+					   struct tyr_decision *out)
+{
+	__u32 zero = 0;
+	out->version = 0;
+	out->rule = 0;
+	out->verdict = 0;
+	__u32 *active = bpf_map_lookup_elem(&tyr_policy_active, &zero);
+	if (!active)
+		return;
+	/* One read of the switch: everything below uses this slot. */
+	__u32 switch_value = *(volatile __u32 *)active;
+	if (switch_value == 0)
+		return;
+	__u32 slot = (switch_value - 1) & 1;
+	struct tyr_policy_slot *meta = bpf_map_lookup_elem(&tyr_policy_slots, &slot);
+	if (!meta)
+		return;
+	__u32 *index = NULL;
+	for (int attempt = 0; attempt < 2 && !index; attempt++) {
+		__u32 cls = attempt == 0 ? class : 0;
+		if (attempt == 1 && class == 0)
+			break;
+		if (v6) {
+			struct tyr_net_key6 key = { .prefixlen = 32 + 128, .class = bpf_htonl(cls) };
+			__builtin_memcpy(key.addr, addr, 16);
+			index = slot ? bpf_map_lookup_elem(&tyr_net6_slot1, &key) : bpf_map_lookup_elem(&tyr_net6_slot0, &key);
+		} else {
+			struct tyr_net_key4 key = { .prefixlen = 32 + 32, .class = bpf_htonl(cls) };
+			__builtin_memcpy(key.addr, addr, 4);
+			index = slot ? bpf_map_lookup_elem(&tyr_net4_slot1, &key) : bpf_map_lookup_elem(&tyr_net4_slot0, &key);
+		}
+	}
+	tyr_net_pick(meta, slot, index, port, out);
+}
