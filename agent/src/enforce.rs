@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags};
 use tyr_common::policy::compile::{CompiledPolicy, MAX_CANDIDATES, RuleInfo};
-use tyr_common::policy::model::Verdict;
+use tyr_common::policy::model::{PolicySet, Verdict};
 
 use crate::bpf::records::{tyr_net_candidates, tyr_policy_slot};
 use crate::capture::PolicyMaps;
@@ -35,23 +35,38 @@ pub enum InstallError {
     TooManyPrefixes { family: u8, count: usize },
 }
 
-/// The compiled policies events may refer to, by version.
+/// The compiled policies events may refer to, by version, and the policy
+/// in force (for the rules the kernel does not enforce yet).
 #[derive(Debug, Clone, Default)]
-pub struct PolicyVersions(Arc<RwLock<BTreeMap<i64, Arc<CompiledPolicy>>>>);
+pub struct PolicyVersions {
+    compiled: Arc<RwLock<BTreeMap<i64, Arc<CompiledPolicy>>>>,
+    in_force: Arc<RwLock<Option<(i64, Arc<PolicySet>)>>>,
+}
 
 impl PolicyVersions {
     /// The rule `rule` (1-based) of `version`.
     pub fn rule(&self, version: i64, rule: u32) -> Option<RuleInfo> {
-        let versions = self.0.read().ok()?;
+        let versions = self.compiled.read().ok()?;
         versions.get(&version)?.rule(rule).cloned()
     }
 
+    /// The version and source of the policy in force, if any.
+    pub fn in_force(&self) -> Option<(i64, Arc<PolicySet>)> {
+        self.in_force.read().ok()?.clone()
+    }
+
     fn insert(&self, policy: Arc<CompiledPolicy>) {
-        if let Ok(mut versions) = self.0.write() {
+        if let Ok(mut versions) = self.compiled.write() {
             versions.insert(policy.version, policy);
             while versions.len() > VERSIONS_KEPT {
                 versions.pop_first();
             }
+        }
+    }
+
+    fn set_in_force(&self, version: i64, source: Arc<PolicySet>) {
+        if let Ok(mut in_force) = self.in_force.write() {
+            *in_force = Some((version, source));
         }
     }
 }
@@ -116,8 +131,8 @@ impl PolicyInstaller {
         self.versions.clone()
     }
 
-    /// Installs `policy` and makes it the one in force.
-    pub fn install(&mut self, policy: Arc<CompiledPolicy>) -> Result<(), InstallError> {
+    /// Installs `policy` (compiled from `source`) and makes it the one in force.
+    pub fn install(&mut self, policy: Arc<CompiledPolicy>, source: Arc<PolicySet>) -> Result<(), InstallError> {
         for family in [4u8, 6] {
             let count = policy.prefixes.iter().filter(|p| p.cidr.addr.is_ipv4() == (family == 4)).count();
             if count > TRIE_CAPACITY {
@@ -133,6 +148,7 @@ impl PolicyInstaller {
         let switch = (slot as u32 + 1).to_ne_bytes();
         self.maps.active.update(&0u32.to_ne_bytes(), &switch, MapFlags::ANY).map_err(map_error("tyr_policy_active"))?;
         let previous = self.active.replace(slot);
+        self.versions.set_in_force(policy.version, source);
         if let Some(previous) = previous {
             std::thread::sleep(GRACE);
             if self.clear(previous).is_err() {

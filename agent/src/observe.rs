@@ -92,7 +92,7 @@ impl LocalPolicy {
             .unwrap_or(0);
         let version = now_ms.max(self.version + 1);
         let compiled = compile(&set, version).context("compiling the policy for the kernel")?;
-        self.installer.install(Arc::new(compiled)).context("installing the policy")?;
+        self.installer.install(Arc::new(compiled), Arc::new(set)).context("installing the policy")?;
         self.version = version;
         Ok(version)
     }

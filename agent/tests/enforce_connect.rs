@@ -197,3 +197,42 @@ fn hot_swap_never_mixes_versions() {
     assert!(letter_of_version.len() > FLIPS / 2, "the connects saw {} versions", letter_of_version.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_would_be_denied_open_says_it_was_not_enforced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(marker("tyr-unenforced-"));
+    std::fs::create_dir_all(dir.join("secrets")).expect("dir");
+    let secret = dir.join("secrets").join("token.txt");
+    let public = dir.join("public.txt");
+    std::fs::write(&secret, b"s").expect("secret");
+    std::fs::write(&public, b"p").expect("public");
+    let policy = dir.join("policy.yaml");
+    let secrets_dir = format!("{}/", dir.join("secrets").display());
+    write_atomically(
+        &policy,
+        &format!(
+            "- name: no-secrets\n  action: file_read\n  paths: [\"{secrets_dir}\"]\n  verdict: deny\n  severity: critical\n"
+        ),
+    );
+    let me = std::process::id().to_string();
+    let observer = Observer::start(&["--kind", "file_read", "--pid", &me, "--policy", policy.to_str().expect("utf-8")]);
+    // No BPF LSM on this host: the open succeeds...
+    std::fs::read(&secret).expect("not enforced on this host");
+    std::fs::read(&public).expect("public");
+    let secret_text = secret.to_str().expect("utf-8").to_owned();
+    let public_text = public.to_str().expect("utf-8").to_owned();
+    let denied = observer.wait_for("would-be-denied open", |e| field(e, "resource") == secret_text);
+    let plain = observer.wait_for("plain open", |e| field(e, "resource") == public_text);
+    observer.stop();
+    // ...and its event says what the policy wanted and that it was not enforced.
+    assert_eq!(field(&denied, "verdict"), "ALLOW", "the kernel's verdict");
+    assert_eq!(meta(&denied, "policy_verdict"), "DENY");
+    assert_eq!(meta(&denied, "enforced"), "false");
+    assert_eq!(meta(&denied, "rule"), "no-secrets");
+    assert_eq!(field(&denied, "severity"), "CRITICAL");
+    assert!(denied["policy_version"].as_i64().expect("version") > 0);
+    assert_eq!(meta(&plain, "policy_verdict"), "");
+    assert_eq!(meta(&plain, "enforced"), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,7 +19,7 @@ use crate::capture::client_hello;
 use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, Record};
 use crate::detect::tracker::{AgentLabel, AgentTracker};
 use crate::enforce::PolicyVersions;
-use tyr_common::policy::model::Severity as PolicySeverity;
+use tyr_common::policy::model::{Request, Severity as PolicySeverity, Verdict as PolicyVerdict};
 
 /// Builds events from raw records, keeping the process cache current.
 #[derive(Debug)]
@@ -152,6 +152,8 @@ impl EventBuilder {
         }
         if let Some((version, rule, verdict)) = decision {
             self.apply_decision(&mut event, version, rule, verdict);
+        } else if matches!(kind, EventKind::FileRead | EventKind::FileWrite | EventKind::Exec) {
+            self.report_unenforced(&mut event, kind);
         }
         event
     }
@@ -165,13 +167,7 @@ impl EventBuilder {
         match self.policies.rule(version, rule) {
             Some(info) => {
                 event.metadata.insert("rule".to_owned(), info.name);
-                event.severity = match info.severity {
-                    PolicySeverity::Info => Severity::Info,
-                    PolicySeverity::Low => Severity::Low,
-                    PolicySeverity::Medium => Severity::Medium,
-                    PolicySeverity::High => Severity::High,
-                    PolicySeverity::Critical => Severity::Critical,
-                } as i32;
+                event.severity = severity_of(info.severity) as i32;
             }
             None if rule == 0 => {
                 event.metadata.insert("rule".to_owned(), "default".to_owned());
@@ -184,6 +180,28 @@ impl EventBuilder {
             // Connect hooks refuse in the kernel (ECONNREFUSED).
             event.metadata.insert("enforced".to_owned(), "true".to_owned());
         }
+    }
+
+    /// File and exec rules are not enforced in the kernel yet: evaluate them
+    /// here and say what the policy wanted and that it was not enforced, so
+    /// an allowed open is never mistaken for a policy decision.
+    fn report_unenforced(&self, event: &mut Event, kind: EventKind) {
+        let Some((version, policy)) = self.policies.in_force() else { return };
+        let request = match kind {
+            EventKind::Exec => Request::Exec { path: &event.resource },
+            _ => Request::File { write: kind == EventKind::FileWrite, path: &event.resource },
+        };
+        let decision = policy.decide(&event.agent_type, &request);
+        let Some(rule) = decision.rule else { return };
+        if decision.verdict == PolicyVerdict::Allow {
+            return;
+        }
+        let (name, verdict, severity) = (rule.name.clone(), decision.verdict, rule.severity);
+        event.policy_version = version;
+        event.metadata.insert("rule".to_owned(), name);
+        event.metadata.insert("policy_verdict".to_owned(), verdict.as_str().to_ascii_uppercase());
+        event.metadata.insert("enforced".to_owned(), "false".to_owned());
+        event.severity = severity_of(severity) as i32;
     }
 
     /// The resource of a TLS event (its server name, or the address when
@@ -256,6 +274,16 @@ impl EventBuilder {
             agent_type: label.agent_type.to_owned(),
             policy_version: 0,
         }
+    }
+}
+
+fn severity_of(severity: PolicySeverity) -> Severity {
+    match severity {
+        PolicySeverity::Info => Severity::Info,
+        PolicySeverity::Low => Severity::Low,
+        PolicySeverity::Medium => Severity::Medium,
+        PolicySeverity::High => Severity::High,
+        PolicySeverity::Critical => Severity::Critical,
     }
 }
 
