@@ -40,8 +40,11 @@ pub enum InstallError {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyVersions {
     compiled: Arc<RwLock<BTreeMap<i64, Arc<CompiledPolicy>>>>,
-    in_force: Arc<RwLock<Option<(i64, Arc<PolicySet>)>>>,
+    in_force: Arc<RwLock<Option<InForce>>>,
 }
+
+/// A policy in force: its version and its source rules.
+pub type InForce = (i64, Arc<PolicySet>);
 
 impl PolicyVersions {
     /// The rule `rule` (1-based) of `version`.
@@ -51,7 +54,7 @@ impl PolicyVersions {
     }
 
     /// The version and source of the policy in force, if any.
-    pub fn in_force(&self) -> Option<(i64, Arc<PolicySet>)> {
+    pub fn in_force(&self) -> Option<InForce> {
         self.in_force.read().ok()?.clone()
     }
 
