@@ -13,7 +13,7 @@ int BPF_PROG(tyr_file_open, struct file *file)
 	if (!cfg)
 		return 0;
 	__u32 flags = file->f_flags;
-	__u32 kind = (flags & 3) != 0 || (flags & (00000100 | 00001000)) ? TYR_KIND_FILE_WRITE : TYR_KIND_FILE_READ;
+	__u32 kind = tyr_open_kind(flags);
 	if (!tyr_kind_enabled(cfg, kind))
 		return 0;
 	char comm[TYR_COMM_LEN];

@@ -12,11 +12,6 @@
 #include "lib/path.h"
 
 #define TYR_AT_FDCWD -100
-#define TYR_O_ACCMODE 00000003
-#define TYR_O_RDONLY 00000000
-#define TYR_O_WRONLY 00000001
-#define TYR_O_CREAT 00000100
-#define TYR_O_TRUNC 00001000
 
 struct tyr_open_args {
 	const char *filename;
@@ -34,14 +29,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct tyr_open_args);
 } tyr_open_args_map SEC(".maps");
-
-/* Opening with write access, or in a way that creates or truncates, is a write. */
-static __always_inline __u32 tyr_open_kind(__u32 flags)
-{
-	if ((flags & TYR_O_ACCMODE) != TYR_O_RDONLY || (flags & (TYR_O_CREAT | TYR_O_TRUNC)))
-		return TYR_KIND_FILE_WRITE;
-	return TYR_KIND_FILE_READ;
-}
 
 static __always_inline int tyr_open_enter(__s32 dfd, const char *filename, __u32 flags)
 {

@@ -1,6 +1,8 @@
 //! Shared inputs for Tyr's benchmarks and load tools: realistic synthetic
 //! events, generated deterministically so runs compare.
 
+pub mod tyrd_process;
+
 use tyr_proto::{Event, EventKind, Severity, Verdict};
 use uuid::Uuid;
 

@@ -156,6 +156,20 @@ static __always_inline bool tyr_ring_has_room(const struct tyr_config *cfg)
 	return pending + cfg->ring_headroom <= cfg->ring_size;
 }
 
+#define TYR_O_ACCMODE 00000003
+#define TYR_O_RDONLY 00000000
+#define TYR_O_WRONLY 00000001
+#define TYR_O_CREAT 00000100
+#define TYR_O_TRUNC 00001000
+
+/* Opening with write access, or in a way that creates or truncates, is a write. */
+static __always_inline __u32 tyr_open_kind(__u32 flags)
+{
+	if ((flags & TYR_O_ACCMODE) != TYR_O_RDONLY || (flags & (TYR_O_CREAT | TYR_O_TRUNC)))
+		return TYR_KIND_FILE_WRITE;
+	return TYR_KIND_FILE_READ;
+}
+
 /* Fills a header for the current task. */
 static __always_inline void tyr_fill_header(struct tyr_record_header *hdr, __u16 type, __u16 kind)
 {

@@ -5,10 +5,10 @@
 //!
 //! Usage: cargo run --release -p tyr-bench --bin connect_overhead -- [TYRD_PATH] [CONNECTS] [ROUNDS]
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use tyr_bench::tyrd_process;
 
 /// 100 rules: 98 deny/alert rules on ranges the benchmark never connects
 /// to, one alert on a port range, and a final allow.
@@ -37,43 +37,9 @@ fn connects_per_second(listener: &TcpListener, connects: u32) -> f64 {
     f64::from(connects) / start.elapsed().as_secs_f64()
 }
 
-fn start_tyrd(path: &str, state_dir: &std::path::Path, policy: &std::path::Path) -> Child {
-    let mut child = Command::new(path)
-        .args(["observe", "--state-dir"])
-        .arg(state_dir)
-        .arg("--policy")
-        .arg(policy)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tyrd");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("tyrd: observing") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("tyrd exited before attaching"),
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    child
-}
-
 unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
     #[link_name = "listen"]
     fn libc_listen(fd: i32, backlog: i32) -> i32;
-}
-
-fn stop_tyrd(mut child: Child) {
-    // SAFETY: kill(2) on our own child's pid with SIGINT.
-    unsafe { libc_kill(child.id() as i32, 2) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "tyrd did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn main() {
@@ -98,9 +64,10 @@ fn main() {
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         let without = connects_per_second(&listener, connects);
-        let tyrd_process = start_tyrd(&tyrd, &dir.join("state"), &policy_path);
+        let policy_arg = policy_path.to_str().expect("utf-8 path");
+        let tyrd_process = tyrd_process::start(&tyrd, &dir.join("state"), &["--policy", policy_arg]);
         let with = connects_per_second(&listener, connects);
-        stop_tyrd(tyrd_process);
+        tyrd_process::stop(tyrd_process);
         let ratio = without / with;
         println!(
             "round {round}: {without:.0} connects/s without tyrd, {with:.0} with (100-rule policy); cost ratio {ratio:.3}"

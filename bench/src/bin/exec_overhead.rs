@@ -5,9 +5,10 @@
 //! Usage: cargo run --release -p tyr-bench --bin exec_overhead -- [TYRD_PATH] [EXECS_PER_ROUND] [ROUNDS]
 //! (defaults: target/release/tyrd, 2000, 5)
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
+
+use tyr_bench::tyrd_process;
 
 fn execs_per_second(execs: u32) -> f64 {
     let start = Instant::now();
@@ -16,43 +17,6 @@ fn execs_per_second(execs: u32) -> f64 {
         assert!(status.success());
     }
     f64::from(execs) / start.elapsed().as_secs_f64()
-}
-
-fn start_tyrd(path: &str, state_dir: &std::path::Path) -> Child {
-    let mut child = Command::new(path)
-        .args(["observe", "--state-dir"])
-        .arg(state_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tyrd");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("tyrd: observing") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("tyrd exited before attaching"),
-        }
-    }
-    // Keep draining stderr so tyrd never blocks on it.
-    std::thread::spawn(move || lines.for_each(drop));
-    child
-}
-
-fn stop_tyrd(mut child: Child) {
-    // SAFETY: kill(2) on our own child's pid with a valid signal.
-    unsafe { libc_kill(child.id() as i32, 2) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "tyrd did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -70,9 +34,9 @@ fn main() {
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         let without = execs_per_second(execs);
-        let tyrd_process = start_tyrd(&tyrd, &state_dir);
+        let tyrd_process = tyrd_process::start(&tyrd, &state_dir, &[]);
         let with = execs_per_second(execs);
-        stop_tyrd(tyrd_process);
+        tyrd_process::stop(tyrd_process);
         let ratio = without / with;
         println!("round {round}: {without:.0} execs/s without tyrd, {with:.0} with; cost ratio {ratio:.3}");
         ratios.push(ratio);

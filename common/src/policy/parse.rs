@@ -215,18 +215,9 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
         None => max,
     };
     let cidr = Cidr { addr, prefix };
-    let bits: Vec<u8> = match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    let host_bits_set = bits.iter().enumerate().any(|(i, byte)| {
-        let start = i as u32 * 8;
-        let keep = (u32::from(prefix).saturating_sub(start)).min(8);
-        let mask = if keep == 8 { 0 } else { 0xffu8 >> keep };
-        byte & mask != 0
-    });
-    if host_bits_set {
-        return Err(format!("{text:?} has host bits set (did you mean {}/{prefix}?)", network_of(&cidr)));
+    let network = network_of(&cidr);
+    if network != addr {
+        return Err(format!("{text:?} has host bits set (did you mean {network}/{prefix}?)"));
     }
     Ok(cidr)
 }
