@@ -59,9 +59,7 @@ static __always_inline int tyr_connect(struct bpf_sock_addr *ctx, __u16 family)
 	struct tyr_decision decision;
 	__u32 class = rec.hdr.agent_type ? rec.hdr.agent_type : TYR_CLASS_UNKNOWN;
 	tyr_net_decide(class, family == TYR_AF_INET6, rec.addr, rec.port, &decision);
-	rec.policy_version = decision.version;
-	rec.rule = decision.rule;
-	rec.verdict = decision.verdict;
+	tyr_decision_store(&decision, &rec.decision);
 	int allow = 1;
 	if (decision.verdict == TYR_VERDICT_DENY) {
 		bpf_set_retval(-TYR_ECONNREFUSED);

@@ -1,46 +1,148 @@
-/* File opens through the BPF LSM hook file_open: runs for every open of
- * every file, after permission checks, with the opened struct file in hand,
- * so the path is exact (bpf_d_path) and, with policy (a later stage), the
- * open can be refused with EPERM before it completes. Needs CONFIG_BPF_LSM
- * and "bpf" in the active LSM list; where that is missing this object fails
- * to load and file_syscalls.bpf.c serves instead. */
+/* File opens and execs through BPF LSM: lsm/file_open runs for every open
+ * of every file after permission checks, lsm/bprm_check_security for every
+ * exec once the binary is open, both in the calling task with the struct
+ * file in hand — so the path is exact (bpf_d_path) and policy can refuse
+ * the operation with EPERM before it completes. Needs CONFIG_BPF_LSM and
+ * "bpf" in the active LSM list; where that is missing this object fails to
+ * load, file_syscalls.bpf.c observes opens instead, and file and exec deny
+ * are reported as not enforceable. */
 #include "lib/common.h"
+#include "lib/path_policy.h"
+
+#define TYR_EPERM 1
+/* f_mode bits (include/linux/fs.h). */
+#define TYR_FMODE_READ 0x1
+#define TYR_FMODE_WRITE 0x2
+#define TYR_FMODE_EXEC 0x20
+
+static __always_inline __u32 tyr_class(const struct tyr_record_header *hdr)
+{
+	return hdr->agent_type ? hdr->agent_type : TYR_CLASS_UNKNOWN;
+}
+
+static __always_inline bool tyr_reportable(const struct tyr_decision *d)
+{
+	return d->verdict == TYR_VERDICT_DENY || d->verdict == TYR_VERDICT_ALERT;
+}
 
 SEC("lsm/file_open")
-int BPF_PROG(tyr_file_open, struct file *file)
+int BPF_PROG(tyr_file_open, struct file *file, int ret)
 {
+	if (ret)
+		return ret; /* already refused */
 	struct tyr_config *cfg = tyr_config();
 	if (!cfg)
 		return 0;
+	__u32 fmode = file->f_mode;
+	/* The open of an exec's binary: governed and reported as the exec. */
+	if (fmode & TYR_FMODE_EXEC)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid == cfg->self_tgid)
+		return 0;
 	__u32 flags = file->f_flags;
 	__u32 kind = tyr_open_kind(flags);
-	if (!tyr_kind_enabled(cfg, kind))
+	__u32 slot = 0;
+	bool policy = tyr_policy_in_force(&slot) != NULL;
+	if (!policy && !tyr_kind_enabled(cfg, kind))
 		return 0;
-	char comm[TYR_COMM_LEN];
-	bpf_get_current_comm(comm, sizeof(comm));
-	if (!tyr_process_selected(cfg, bpf_get_current_pid_tgid() >> 32, comm))
-		return 0;
-	if (!tyr_ring_has_room(cfg)) {
-		tyr_count_lost(kind);
-		return 0;
-	}
+
 	struct tyr_scratch *s = tyr_scratch_claim();
 	if (!s) {
 		tyr_count_lost(kind);
+		if (policy)
+			tyr_count_undecided(kind);
 		return 0;
 	}
 	struct tyr_file_fixed *rec = (struct tyr_file_fixed *)s->rec;
 	__u8 *data = s->rec + sizeof(*rec);
 	tyr_fill_header(&rec->hdr, TYR_REC_FILE, kind);
-	rec->result = 0;
-	rec->open_flags = flags;
-	rec->source = TYR_FILE_SOURCE_LSM;
-	rec->reserved = 0;
 	long n = bpf_d_path(&file->f_path, (char *)data, TYR_PATH_MAX);
-	__u32 path_len = n > 1 ? n - 1 : 0;
-	rec->path_len = path_len;
-	rec->name_len = 0;
-	tyr_emit(s, sizeof(*rec), path_len & (TYR_PATH_MAX - 1), kind);
+	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
+
+	/* Read and write intent are checked separately; the stricter wins. */
+	struct tyr_decision decision;
+	tyr_decision_none(&decision);
+	if (policy) {
+		__u32 class = tyr_class(&rec->hdr);
+		bool reads = fmode & TYR_FMODE_READ;
+		bool writes = (fmode & TYR_FMODE_WRITE) || kind == TYR_KIND_FILE_WRITE;
+		if (reads)
+			tyr_path_decide(s, sizeof(*rec), path_len, class, TYR_ACTION_FILE_READ, &decision);
+		if (writes) {
+			struct tyr_decision write_decision;
+			tyr_path_decide(s, sizeof(*rec), path_len, class, TYR_ACTION_FILE_WRITE, &write_decision);
+			if (reads)
+				tyr_decision_stricter(&decision, &write_decision);
+			else
+				decision = write_decision;
+		}
+	}
+	bool deny = decision.verdict == TYR_VERDICT_DENY;
+
+	/* Decisions other than plain allow are always reported. */
+	bool report = tyr_reportable(&decision) ||
+		      (tyr_kind_enabled(cfg, kind) && tyr_process_selected(cfg, tgid, rec->hdr.comm));
+	if (report && !tyr_reportable(&decision) && !tyr_ring_has_room(cfg)) {
+		tyr_count_lost(kind);
+		report = false;
+	}
+	if (report) {
+		rec->result = deny ? -TYR_EPERM : 0;
+		rec->open_flags = flags;
+		rec->source = TYR_FILE_SOURCE_LSM;
+		rec->reserved = 0;
+		rec->path_len = path_len;
+		rec->name_len = 0;
+		tyr_decision_store(&decision, &rec->decision);
+		tyr_emit(s, sizeof(*rec), path_len, kind);
+	}
 	tyr_scratch_release(s);
-	return 0;
+	return deny ? -TYR_EPERM : 0;
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret;
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid == cfg->self_tgid)
+		return 0;
+	__u32 slot = 0;
+	if (!tyr_policy_in_force(&slot))
+		return 0; /* the exec tracepoint reports the exec */
+
+	struct tyr_scratch *s = tyr_scratch_claim();
+	if (!s) {
+		tyr_count_undecided(TYR_KIND_EXEC);
+		return 0;
+	}
+	struct tyr_exec_fixed *rec = (struct tyr_exec_fixed *)s->rec;
+	__u8 *data = s->rec + sizeof(*rec);
+	tyr_fill_header(&rec->hdr, TYR_REC_EXEC, TYR_KIND_EXEC);
+	long n = bpf_d_path(&bprm->file->f_path, (char *)data, TYR_PATH_MAX);
+	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
+
+	struct tyr_decision decision;
+	tyr_path_decide(s, sizeof(*rec), path_len, tyr_class(&rec->hdr), TYR_ACTION_EXEC, &decision);
+	bool deny = decision.verdict == TYR_VERDICT_DENY;
+	struct tyr_policy_decision stored;
+	tyr_decision_store(&decision, &stored);
+	if (deny) {
+		/* The exec never happens: this is its only record. */
+		rec->exe_len = path_len;
+		rec->argv_len = 0;
+		rec->result = -TYR_EPERM;
+		rec->reserved = 0;
+		rec->decision = stored;
+		tyr_emit(s, sizeof(*rec), path_len, TYR_KIND_EXEC);
+	} else {
+		bpf_map_update_elem(&tyr_exec_decisions, &tgid, &stored, BPF_ANY);
+	}
+	tyr_scratch_release(s);
+	return deny ? -TYR_EPERM : 0;
 }

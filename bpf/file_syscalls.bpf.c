@@ -94,6 +94,10 @@ static __always_inline int tyr_open_exit(long ret)
 	rec->open_flags = args.flags;
 	rec->source = TYR_FILE_SOURCE_SYSCALL;
 	rec->reserved = 0;
+	/* Observation only: policy is not decided here. */
+	rec->decision.policy_version = 0;
+	rec->decision.rule = 0;
+	rec->decision.verdict = 0;
 
 	__u32 path_len = 0;
 	__u32 name_len = 0;

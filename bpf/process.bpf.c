@@ -43,6 +43,19 @@ int tyr_exec(struct trace_event_raw_sched_process_exec *ctx)
 	}
 	rec->exe_len = exe_len;
 	rec->argv_len = argv_len;
+	rec->result = 0;
+	rec->reserved = 0;
+	/* The policy decision lsm/bprm_check_security took for this exec, if any. */
+	__u32 tgid = rec->hdr.pid;
+	struct tyr_policy_decision *decided = bpf_map_lookup_elem(&tyr_exec_decisions, &tgid);
+	if (decided) {
+		rec->decision = *decided;
+		bpf_map_delete_elem(&tyr_exec_decisions, &tgid);
+	} else {
+		rec->decision.policy_version = 0;
+		rec->decision.rule = 0;
+		rec->decision.verdict = 0;
+	}
 	tyr_emit(s, sizeof(*rec), exe_len + argv_len, TYR_KIND_EXEC);
 	tyr_scratch_release(s);
 	return 0;

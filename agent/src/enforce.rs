@@ -10,12 +10,16 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use libbpf_rs::{MapCore, MapFlags};
-use tyr_common::policy::compile::{CompiledPolicy, MAX_CANDIDATES, RuleInfo};
-use tyr_common::policy::model::{PolicySet, Verdict};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use tyr_common::policy::compile::bytes::{action_code, verdict_code};
+use tyr_common::policy::compile::glob::GlobAutomaton;
+use tyr_common::policy::compile::{
+    CompiledPolicy, MAX_CANDIDATES, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, PathMatch, RuleInfo,
+};
+use tyr_common::policy::model::PolicySet;
 
-use crate::bpf::records::{tyr_net_candidates, tyr_policy_slot};
-use crate::capture::PolicyMaps;
+use crate::bpf::records::{tyr_glob, tyr_net_candidates, tyr_path_candidates, tyr_policy_slot};
+use crate::capture::{NetPolicyMaps, PathPolicyMaps, PolicyMaps};
 
 /// Entries each prefix trie holds (bpf/lib/net_policy.h).
 const TRIE_CAPACITY: usize = 16_384;
@@ -31,8 +35,8 @@ const GRACE: Duration = Duration::from_millis(20);
 pub enum InstallError {
     #[error("writing {map}: {source}")]
     Map { map: &'static str, source: libbpf_rs::Error },
-    #[error("{count} IPv{family} prefixes; the kernel trie holds {TRIE_CAPACITY}")]
-    TooManyPrefixes { family: u8, count: usize },
+    #[error("{count} {what} prefixes; the kernel trie holds {TRIE_CAPACITY}")]
+    TooManyPrefixes { what: &'static str, count: usize },
 }
 
 /// The compiled policies events may refer to, by version, and the policy
@@ -79,7 +83,9 @@ impl PolicyVersions {
 struct SlotContents {
     net4_keys: Vec<Vec<u8>>,
     net6_keys: Vec<Vec<u8>>,
-    lists: u32,
+    net_lists: u32,
+    path_keys: Vec<Vec<u8>>,
+    path_lists: u32,
 }
 
 /// Writes policies into the kernel.
@@ -94,16 +100,8 @@ pub struct PolicyInstaller {
     pub clear_failures: u64,
 }
 
-fn verdict_code(verdict: Verdict) -> u8 {
-    match verdict {
-        Verdict::Allow => 1,
-        Verdict::Deny => 2,
-        Verdict::Alert => 3,
-    }
-}
-
-/// The LPM key `{prefixlen, class (big-endian), addr}`.
-fn trie_key(class: u32, prefix: u8, addr: IpAddr) -> Vec<u8> {
+/// The connect LPM key `{prefixlen, class (big-endian), addr}`.
+fn net_key(class: u32, prefix: u8, addr: IpAddr) -> Vec<u8> {
     let mut key = Vec::with_capacity(24);
     key.extend_from_slice(&(32 + u32::from(prefix)).to_ne_bytes());
     key.extend_from_slice(&class.to_be_bytes());
@@ -114,8 +112,63 @@ fn trie_key(class: u32, prefix: u8, addr: IpAddr) -> Vec<u8> {
     key
 }
 
+/// The path LPM key `{prefixlen, class, action (big-endian), path[256]}`.
+fn path_key(class: u32, action: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12 + PATH_KEY_BYTES);
+    key.extend_from_slice(&(64 + 8 * bytes.len() as u32).to_ne_bytes());
+    key.extend_from_slice(&class.to_be_bytes());
+    key.extend_from_slice(&action.to_be_bytes());
+    key.extend_from_slice(bytes);
+    key.resize(12 + PATH_KEY_BYTES, 0);
+    key
+}
+
 fn map_error(map: &'static str) -> impl Fn(libbpf_rs::Error) -> InstallError {
     move |source| InstallError::Map { map, source }
+}
+
+/// Writes a Plain value at array index `index`.
+fn put<T: plain::Plain>(map: &MapHandle, name: &'static str, index: u32, value: &T) -> Result<(), InstallError> {
+    // SAFETY: the values written are Plain repr(C) structs of integers.
+    let bytes = unsafe { plain::as_bytes(value) };
+    map.update(&index.to_ne_bytes(), bytes, MapFlags::ANY).map_err(map_error(name))
+}
+
+fn net_list(list: &[tyr_common::policy::compile::NetCandidate]) -> tyr_net_candidates {
+    let mut value = tyr_net_candidates { count: list.len().min(MAX_CANDIDATES) as u32, ..Default::default() };
+    for (entry, candidate) in value.list.iter_mut().zip(list) {
+        entry.rule = candidate.rule;
+        entry.verdict = verdict_code(candidate.verdict);
+        entry.nports = candidate.ports.len() as u8;
+        for (range, port) in entry.ports.iter_mut().zip(&candidate.ports) {
+            range.first = port.first;
+            range.last = port.last;
+        }
+    }
+    value
+}
+
+fn path_list(list: &[tyr_common::policy::compile::PathCandidate]) -> tyr_path_candidates {
+    let mut value = tyr_path_candidates { count: list.len().min(MAX_PATH_CANDIDATES) as u32, ..Default::default() };
+    for (entry, candidate) in value.list.iter_mut().zip(list) {
+        entry.rule = candidate.rule;
+        entry.verdict = verdict_code(candidate.verdict);
+        (entry.r#match, entry.len, entry.glob) = match candidate.matcher {
+            PathMatch::Prefix => (1, 0, 0),
+            PathMatch::Exact { len } => (2, len, 0),
+            PathMatch::Glob { start, glob } => (3, start, glob),
+        };
+    }
+    value
+}
+
+fn glob_value(automaton: &GlobAutomaton) -> tyr_glob {
+    tyr_glob {
+        accept: automaton.accept,
+        star: automaton.star,
+        before_star: automaton.before_star,
+        chars: automaton.chars,
+    }
 }
 
 impl PolicyInstaller {
@@ -134,12 +187,20 @@ impl PolicyInstaller {
         self.versions.clone()
     }
 
+    /// Whether file and exec rules reach the kernel (BPF LSM loaded).
+    pub fn enforces_paths(&self) -> bool {
+        self.maps.path.is_some()
+    }
+
     /// Installs `policy` (compiled from `source`) and makes it the one in force.
     pub fn install(&mut self, policy: Arc<CompiledPolicy>, source: Arc<PolicySet>) -> Result<(), InstallError> {
-        for family in [4u8, 6] {
-            let count = policy.prefixes.iter().filter(|p| p.cidr.addr.is_ipv4() == (family == 4)).count();
+        for (what, count) in [
+            ("IPv4", policy.net_prefixes.iter().filter(|p| p.cidr.addr.is_ipv4()).count()),
+            ("IPv6", policy.net_prefixes.iter().filter(|p| !p.cidr.addr.is_ipv4()).count()),
+            ("path", policy.path_prefixes.len()),
+        ] {
             if count > TRIE_CAPACITY {
-                return Err(InstallError::TooManyPrefixes { family, count });
+                return Err(InstallError::TooManyPrefixes { what, count });
             }
         }
         let slot = self.active.map_or(0, |s| 1 - s);
@@ -162,64 +223,89 @@ impl PolicyInstaller {
     }
 
     fn write(&mut self, slot: usize, policy: &CompiledPolicy) -> Result<(), InstallError> {
-        for (index, list) in policy.lists.iter().enumerate() {
-            let mut value = tyr_net_candidates { count: list.len().min(MAX_CANDIDATES) as u32, ..Default::default() };
-            for (entry, candidate) in value.list.iter_mut().zip(list) {
-                entry.rule = candidate.rule;
-                entry.verdict = verdict_code(candidate.verdict);
-                entry.nports = candidate.ports.len() as u8;
-                for (range, port) in entry.ports.iter_mut().zip(&candidate.ports) {
-                    range.first = port.first;
-                    range.last = port.last;
-                }
-            }
-            // SAFETY: tyr_net_candidates is a Plain repr(C) struct of integers.
-            let bytes = unsafe { plain::as_bytes(&value) };
-            self.maps.lists[slot]
-                .update(&(index as u32).to_ne_bytes(), bytes, MapFlags::ANY)
-                .map_err(map_error("tyr_net_lists"))?;
-            self.contents[slot].lists = index as u32 + 1;
+        if let Some(net) = &self.maps.net {
+            write_net(net, slot, policy, &mut self.contents[slot])?;
         }
-        for prefix in &policy.prefixes {
-            let key = trie_key(prefix.class, prefix.cidr.prefix, prefix.cidr.addr);
-            let (map, keys) = if prefix.cidr.addr.is_ipv4() {
-                (&self.maps.net4[slot], &mut self.contents[slot].net4_keys)
-            } else {
-                (&self.maps.net6[slot], &mut self.contents[slot].net6_keys)
-            };
-            map.update(&key, &prefix.list.to_ne_bytes(), MapFlags::ANY).map_err(map_error("tyr_net_trie"))?;
-            keys.push(key);
+        if let Some(path) = &self.maps.path {
+            write_path(path, slot, policy, &mut self.contents[slot])?;
         }
         let meta = tyr_policy_slot {
             version: u64::try_from(policy.version).unwrap_or(0),
             default_verdict: u32::from(verdict_code(policy.default_verdict)),
             reserved: 0,
         };
-        // SAFETY: tyr_policy_slot is a Plain repr(C) struct of integers.
-        let bytes = unsafe { plain::as_bytes(&meta) };
-        self.maps
-            .slots
-            .update(&(slot as u32).to_ne_bytes(), bytes, MapFlags::ANY)
-            .map_err(map_error("tyr_policy_slots"))
+        put(&self.maps.slots, "tyr_policy_slots", slot as u32, &meta)
     }
 
-    /// Empties a slot that is not in force.
+    /// Empties a slot that is not in force. Glob automata are only read
+    /// through list entries, so stale ones are harmless and overwritten.
     fn clear(&mut self, slot: usize) -> Result<(), InstallError> {
         let contents = std::mem::take(&mut self.contents[slot]);
-        for key in &contents.net4_keys {
-            self.maps.net4[slot].delete(key).map_err(map_error("tyr_net4"))?;
+        if let Some(net) = &self.maps.net {
+            for key in &contents.net4_keys {
+                net.v4[slot].delete(key).map_err(map_error("tyr_net4"))?;
+            }
+            for key in &contents.net6_keys {
+                net.v6[slot].delete(key).map_err(map_error("tyr_net6"))?;
+            }
+            for index in 0..contents.net_lists {
+                put(&net.lists[slot], "tyr_net_lists", index, &tyr_net_candidates::default())?;
+            }
         }
-        for key in &contents.net6_keys {
-            self.maps.net6[slot].delete(key).map_err(map_error("tyr_net6"))?;
-        }
-        let empty = tyr_net_candidates::default();
-        // SAFETY: as in write().
-        let bytes = unsafe { plain::as_bytes(&empty) };
-        for index in 0..contents.lists {
-            self.maps.lists[slot]
-                .update(&index.to_ne_bytes(), bytes, MapFlags::ANY)
-                .map_err(map_error("tyr_net_lists"))?;
+        if let Some(path) = &self.maps.path {
+            for key in &contents.path_keys {
+                path.tries[slot].delete(key).map_err(map_error("tyr_path_trie"))?;
+            }
+            for index in 0..contents.path_lists {
+                put(&path.lists[slot], "tyr_path_lists", index, &tyr_path_candidates::default())?;
+            }
         }
         Ok(())
     }
+}
+
+fn write_net(
+    maps: &NetPolicyMaps,
+    slot: usize,
+    policy: &CompiledPolicy,
+    contents: &mut SlotContents,
+) -> Result<(), InstallError> {
+    for (index, list) in policy.net_lists.iter().enumerate() {
+        put(&maps.lists[slot], "tyr_net_lists", index as u32, &net_list(list))?;
+        contents.net_lists = index as u32 + 1;
+    }
+    for prefix in &policy.net_prefixes {
+        let key = net_key(prefix.class, prefix.cidr.prefix, prefix.cidr.addr);
+        let (map, keys) = if prefix.cidr.addr.is_ipv4() {
+            (&maps.v4[slot], &mut contents.net4_keys)
+        } else {
+            (&maps.v6[slot], &mut contents.net6_keys)
+        };
+        map.update(&key, &prefix.list.to_ne_bytes(), MapFlags::ANY).map_err(map_error("tyr_net_trie"))?;
+        keys.push(key);
+    }
+    Ok(())
+}
+
+fn write_path(
+    maps: &PathPolicyMaps,
+    slot: usize,
+    policy: &CompiledPolicy,
+    contents: &mut SlotContents,
+) -> Result<(), InstallError> {
+    for (index, glob) in policy.globs.iter().enumerate() {
+        // from_bytes and compile both refuse globs without an automaton.
+        let Some(automaton) = GlobAutomaton::new(glob) else { continue };
+        put(&maps.globs[slot], "tyr_globs", index as u32, &glob_value(&automaton))?;
+    }
+    for (index, list) in policy.path_lists.iter().enumerate() {
+        put(&maps.lists[slot], "tyr_path_lists", index as u32, &path_list(list))?;
+        contents.path_lists = index as u32 + 1;
+    }
+    for prefix in &policy.path_prefixes {
+        let key = path_key(prefix.class, u32::from(action_code(prefix.action)), &prefix.bytes);
+        maps.tries[slot].update(&key, &prefix.list.to_ne_bytes(), MapFlags::ANY).map_err(map_error("tyr_path_trie"))?;
+        contents.path_keys.push(key);
+    }
+    Ok(())
 }

@@ -13,7 +13,10 @@ use tyr_agent::detect::tracker::UnregisteredAgents;
 use tyr_agent::kinds::{KindSet, parse_kind};
 use tyr_agent::observe::{self, ObserveOptions};
 use tyr_agent::pipeline::batcher::BatchPolicy;
-use tyr_common::policy::{PolicySet, parse_policy};
+use tyr_common::policy::compile::bytes::LAYOUT_VERSION;
+use tyr_common::policy::{
+    Action, CEDAR_SCHEMA, CedarEvaluator, CompiledPolicy, PolicySet, compile, parse_policy, to_cedar,
+};
 use tyr_proto::EventKind;
 
 /// Events are a handful of short strings each, allocated and freed in
@@ -46,11 +49,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy file and print a summary of its rules as JSON; exit
-    /// 2 with every problem (document, rule, field, line) on stderr.
+    /// Validate and compile a policy file and print a summary of its rules
+    /// and of the compiled kernel entries and Cedar text as JSON; exit 2
+    /// with every problem (document, rule, field, line) on stderr.
     Check {
         /// The policy YAML file.
         file: PathBuf,
+        /// Print the Cedar text (and schema) instead of the summary.
+        #[arg(long)]
+        cedar: bool,
     },
 }
 
@@ -136,12 +143,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let counters = observe::run(options)?;
             eprintln!("{}", serde_json::to_string(&counters)?);
         }
-        Command::Policy(PolicyCommand::Check { file }) => {
+        Command::Policy(PolicyCommand::Check { file, cedar }) => {
             let source = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let name =
                 file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
             let policy = parse_policy(&name, &source)?;
-            println!("{}", serde_json::to_string_pretty(&policy_summary(&policy))?);
+            // Version 0: a local check, not a version anything runs under.
+            let compiled = compile(&policy, 0).with_context(|| format!("{name}: compiling for the kernel"))?;
+            let cedar_text = to_cedar(&policy, 0);
+            let evaluator = CedarEvaluator::new(&cedar_text).with_context(|| format!("{name}: compiling to Cedar"))?;
+            if cedar {
+                println!(
+                    "// Schema:\n{}\n{cedar_text}",
+                    CEDAR_SCHEMA.lines().map(|l| format!("// {l}")).collect::<Vec<_>>().join("\n")
+                );
+            } else {
+                let mut summary = policy_summary(&policy);
+                summary["compiled"] = compiled_summary(&compiled, evaluator.policies().policies().count());
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
         }
         Command::Agents(args) => {
             let registry = Registry::open(&args.state_dir).context("reading discovered agents")?;
@@ -153,6 +173,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the compiled forms hold: kernel entries (and their serialised
+/// size) and Cedar policies, and which rules the kernel cannot decide.
+fn compiled_summary(compiled: &CompiledPolicy, cedar_policies: usize) -> serde_json::Value {
+    let userspace: Vec<&str> =
+        compiled.rules.iter().filter(|r| r.action == Action::TlsConnect).map(|r| r.name.as_str()).collect();
+    serde_json::json!({
+        "layout_version": LAYOUT_VERSION,
+        "bpf_entries_bytes": compiled.to_bytes().len(),
+        "net_prefixes": compiled.net_prefixes.len(),
+        "net_lists": compiled.net_lists.len(),
+        "path_prefixes": compiled.path_prefixes.len(),
+        "path_lists": compiled.path_lists.len(),
+        "globs": compiled.globs.len(),
+        "cedar_policies": cedar_policies,
+        "userspace_rules": userspace,
+    })
 }
 
 /// What `tyrd policy check` prints about a valid policy.

@@ -32,6 +32,7 @@ use crate::pipeline::clock::BootClock;
 use crate::pipeline::event_builder::EventBuilder;
 use crate::pipeline::process_cache::ProcessCache;
 use crate::pipeline::seq::SeqAllocator;
+use tyr_common::policy::unregistered::{Restriction, with_unregistered};
 use tyr_common::policy::{compile, parse_policy};
 
 /// Records consumed between checks for signals and reloads.
@@ -76,6 +77,8 @@ struct LocalPolicy {
     path: PathBuf,
     installer: PolicyInstaller,
     version: i64,
+    /// The unregistered-agents overlay added to the file's policy.
+    restriction: Option<Restriction>,
 }
 
 impl LocalPolicy {
@@ -85,7 +88,10 @@ impl LocalPolicy {
         let source = std::fs::read_to_string(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
         let name =
             self.path.file_name().map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let set = parse_policy(&name, &source)?;
+        let mut set = parse_policy(&name, &source)?;
+        if let Some(restriction) = self.restriction {
+            set = with_unregistered(&set, restriction)?;
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -151,6 +157,8 @@ pub struct Counters {
     pub seen: BTreeMap<&'static str, u64>,
     /// Records the kernel could not emit, by kind.
     pub lost: BTreeMap<&'static str, u64>,
+    /// Operations let through unchecked by policy (no scratch space), by kind.
+    pub undecided: BTreeMap<&'static str, u64>,
     /// Records that did not decode.
     pub decode_failed: u64,
     /// Events written to stdout.
@@ -209,8 +217,15 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     let mut local_policy = match &options.policy {
         Some(path) => {
             let maps =
-                capture.policy_maps()?.context("the connect hooks did not attach: nothing could enforce the policy")?;
-            let mut policy = LocalPolicy { path: path.clone(), installer: PolicyInstaller::new(maps), version: 0 };
+                capture.policy_maps()?.context("no enforcing hook attached: nothing could enforce the policy")?;
+            let installer = PolicyInstaller::new(maps);
+            if !installer.enforces_paths() {
+                eprintln!(
+                    "tyrd: file and exec rules cannot be enforced on this kernel (no BPF LSM): they are evaluated in userspace and reported with enforced=false"
+                );
+            }
+            let restriction = options.unregistered_agents.restriction();
+            let mut policy = LocalPolicy { path: path.clone(), installer, version: 0, restriction };
             let version = policy.load()?;
             eprintln!("tyrd: policy version {version} in force");
             Some(policy)
@@ -331,6 +346,7 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         return Err(error).context("writing raw records");
     }
     let lost = capture.lost()?;
+    let undecided = capture.undecided()?;
     drop(capture);
 
     let named = |counts: &[u64; KIND_COUNT]| -> BTreeMap<&'static str, u64> {
@@ -339,6 +355,7 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     Ok(Counters {
         seen: named(&seen),
         lost: named(&lost),
+        undecided: named(&undecided),
         decode_failed,
         printed,
         tls_unparsed: builder.tls_unparsed,

@@ -69,11 +69,24 @@ struct tyr_record_header {
 	char comm[TYR_COMM_LEN];
 };
 
-/* data: exe path (exe_len bytes), then argv (argv_len bytes, NUL-separated). */
+/* The policy decision a record was made under. */
+struct tyr_policy_decision {
+	__u64 policy_version; /* version the verdict was decided under (0: no policy) */
+	__u32 rule;           /* 1-based rule index in that version (0: the default) */
+	__u32 verdict;        /* tyr.v1.Verdict; 0: no policy loaded */
+};
+
+/* data: exe path (exe_len bytes), then argv (argv_len bytes, NUL-separated).
+ * From sched_process_exec after a successful exec; from
+ * lsm/bprm_check_security when policy refused the exec (result -EPERM,
+ * no argv). */
 struct tyr_exec_fixed {
 	struct tyr_record_header hdr;
 	__u32 exe_len;
 	__u32 argv_len;
+	__s32 result; /* 0, or -errno when the exec was refused */
+	__u32 reserved;
+	struct tyr_policy_decision decision;
 };
 
 struct tyr_fork_fixed {
@@ -100,6 +113,7 @@ struct tyr_file_fixed {
 	__u16 name_len;
 	__u16 source;     /* enum tyr_file_source */
 	__u16 reserved;
+	struct tyr_policy_decision decision; /* lsm/file_open only */
 };
 
 struct tyr_connect_fixed {
@@ -110,9 +124,7 @@ struct tyr_connect_fixed {
 	__u16 protocol;
 	__u8 addr[16];    /* IPv4 in the first 4 bytes */
 	__u64 cookie;     /* socket cookie */
-	__u64 policy_version; /* version the verdict was decided under (0: no policy) */
-	__u32 rule;       /* 1-based rule index in that version (0: the default) */
-	__u32 verdict;    /* tyr.v1.Verdict; 0: no policy loaded */
+	struct tyr_policy_decision decision;
 };
 
 /* data: the start of the TCP payload carrying a TLS ClientHello. */
@@ -136,12 +148,28 @@ struct tyr_tls_fixed {
  * containing the address names the ordered list of rules that can match it
  * (every rule whose ranges contain that prefix, plus rules with no range),
  * checked in policy order against the port. Class 0 holds the base policy;
- * a class with an overlay holds overlay rules then base rules. */
+ * a class with an overlay holds overlay rules then base rules.
+ *
+ * File and exec rules compile the same way over path bytes: a trie keyed
+ * by (class, action, path) whose entries are the literal starts of the
+ * rules' patterns, each naming an ordered list of checks (prefix: match;
+ * exact: the path has exactly that length; glob: the glob automaton
+ * matches the path from the end of the literal on). The layout is
+ * documented with the compiler (common/src/policy/compile/). */
 #define TYR_POLICY_CANDIDATES 16
 #define TYR_POLICY_PORT_RANGES 8
 #define TYR_POLICY_LISTS 4096
 /* Class of processes no agent claims, for an `unknown` overlay. */
 #define TYR_CLASS_UNKNOWN 0xfffffffeU
+/* Class of unregistered agents under quarantine or deny. */
+#define TYR_CLASS_UNREGISTERED 0xfffffffdU
+#define TYR_POLICY_PATH_CANDIDATES 32
+#define TYR_POLICY_PATH_KEY 256
+#define TYR_POLICY_GLOBS 1024
+/* Actions of path rules, as in the trie key. */
+#define TYR_ACTION_FILE_READ 1
+#define TYR_ACTION_FILE_WRITE 2
+#define TYR_ACTION_EXEC 3
 
 struct tyr_net_key4 {
 	__u32 prefixlen; /* 32 (class) + address prefix length */
@@ -172,6 +200,40 @@ struct tyr_net_candidates {
 	__u32 count;
 	__u32 reserved;
 	struct tyr_net_candidate list[TYR_POLICY_CANDIDATES];
+};
+
+struct tyr_path_key {
+	__u32 prefixlen; /* 64 (class, action) + 8 * bytes of path */
+	__u32 class;     /* big-endian agent type class, 0: base */
+	__u32 action;    /* big-endian TYR_ACTION_* */
+	__u8 path[TYR_POLICY_PATH_KEY];
+};
+
+#define TYR_PATH_MATCH_PREFIX 1
+#define TYR_PATH_MATCH_EXACT 2
+#define TYR_PATH_MATCH_GLOB 3
+
+struct tyr_path_candidate {
+	__u32 rule;    /* 1-based rule index */
+	__u8 verdict;  /* tyr.v1.Verdict */
+	__u8 match;    /* TYR_PATH_MATCH_* */
+	__u16 len;     /* exact: the path's length; glob: where the glob starts */
+	__u32 glob;    /* glob: index in the slot's glob array */
+};
+
+struct tyr_path_candidates {
+	__u32 count;
+	__u32 reserved;
+	struct tyr_path_candidate list[TYR_POLICY_PATH_CANDIDATES];
+};
+
+/* A glob as a shift-and automaton (common/src/policy/compile/glob.rs):
+ * bit i of the state is "the first i tokens matched". */
+struct tyr_glob {
+	__u64 accept;
+	__u64 star;
+	__u64 before_star;
+	__u64 chars[256];
 };
 
 /* What a slot holds besides its rules; written before the slot is activated. */

@@ -73,6 +73,24 @@ struct {
 	__type(value, struct tyr_policy_slot);
 } tyr_policy_slots SEC(".maps");
 
+/* Thread group id -> the policy decision lsm/bprm_check_security took for
+ * its exec, picked up by the exec tracepoint for the EXEC record. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct tyr_policy_decision);
+} tyr_exec_decisions SEC(".maps");
+
+/* Operations policy could not be checked for (no scratch space), per
+ * event kind: let through, and counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TYR_KIND_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} tyr_undecided SEC(".maps");
+
 /* Socket cookie -> owning process, written at connect, read on egress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -91,6 +109,8 @@ struct tyr_scratch {
 	__u8 rec[TYR_FIXED_MAX + TYR_DATA_SIZE];
 	/* Dentries of the path being resolved, leaf first. */
 	struct dentry *dentries[64];
+	/* Trie key of the path being checked against policy. */
+	struct tyr_path_key key;
 };
 
 struct {
@@ -115,6 +135,9 @@ struct tyr_policy_slot tyr_type_policy_slot = {};
 struct tyr_net_key4 tyr_type_net_key4 = {};
 struct tyr_net_key6 tyr_type_net_key6 = {};
 struct tyr_net_candidates tyr_type_net_candidates = {};
+struct tyr_path_candidates tyr_type_path_candidates = {};
+struct tyr_glob tyr_type_glob = {};
+struct tyr_path_key tyr_type_path_key = {};
 
 static __always_inline struct tyr_config *tyr_config(void)
 {

@@ -2,7 +2,7 @@
  * the layout and why there are two slots). */
 #pragma once
 
-#include "common.h"
+#include "policy.h"
 
 #define TYR_NET_TRIE(name, key_type)                  \
 	struct {                                      \
@@ -29,13 +29,6 @@ TYR_NET_TRIE(tyr_net6_slot1, struct tyr_net_key6);
 TYR_NET_LISTS(tyr_net_lists_slot0);
 TYR_NET_LISTS(tyr_net_lists_slot1);
 
-/* The outcome of a policy decision. */
-struct tyr_decision {
-	__u64 version;
-	__u32 rule;
-	__u32 verdict; /* 0 when no policy is loaded */
-};
-
 static __always_inline bool tyr_port_in(const struct tyr_net_candidate *c, __u16 port)
 {
 	if (c->nports == 0)
@@ -53,9 +46,7 @@ static __always_inline bool tyr_port_in(const struct tyr_net_candidate *c, __u16
 static __always_inline void tyr_net_pick(const struct tyr_policy_slot *meta, __u32 slot, const __u32 *index,
 					 __u16 port, struct tyr_decision *out)
 {
-	out->version = meta->version;
-	out->verdict = meta->default_verdict;
-	out->rule = 0;
+	tyr_decision_default(meta, out);
 	if (!index)
 		return;
 	struct tyr_net_candidates *list = slot ? bpf_map_lookup_elem(&tyr_net_lists_slot1, index)
@@ -79,19 +70,9 @@ static __always_inline void tyr_net_pick(const struct tyr_policy_slot *meta, __u
 static __always_inline void tyr_net_decide(__u32 class, bool v6, const __u8 *addr, __u16 port,
 					   struct tyr_decision *out)
 {
-	__u32 zero = 0;
-	out->version = 0;
-	out->rule = 0;
-	out->verdict = 0;
-	__u32 *active = bpf_map_lookup_elem(&tyr_policy_active, &zero);
-	if (!active)
-		return;
-	/* One read of the switch: everything below uses this slot. */
-	__u32 switch_value = *(volatile __u32 *)active;
-	if (switch_value == 0)
-		return;
-	__u32 slot = (switch_value - 1) & 1;
-	struct tyr_policy_slot *meta = bpf_map_lookup_elem(&tyr_policy_slots, &slot);
+	tyr_decision_none(out);
+	__u32 slot = 0;
+	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
 	if (!meta)
 		return;
 	__u32 *index = NULL;

@@ -89,6 +89,8 @@ overlays:
 
 /// (policy, rule the error must name, field it must name, line).
 const MALFORMED: &[(&str, &str, &str, usize)] = &[
+    // `?` is not a path wildcard (only `*` is, as in Cedar's `like`)
+    ("- name: q\n  action: file_read\n  verdict: deny\n  paths: [\"/tmp/file?.txt\"]\n", "q", "paths", 4),
     // 1. unknown action
     ("- name: a\n  action: file_delete\n  verdict: deny\n", "a", "action", 2),
     // 2. unknown verdict

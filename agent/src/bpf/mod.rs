@@ -47,3 +47,11 @@ unsafe impl plain::Plain for records::tyr_agent_class {}
 unsafe impl plain::Plain for records::tyr_policy_slot {}
 // SAFETY: as above.
 unsafe impl plain::Plain for records::tyr_net_candidates {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_path_candidates {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_glob {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_path_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for records::tyr_policy_decision {}

@@ -21,6 +21,10 @@ use crate::host::HostFacts;
 use crate::kinds::{KIND_COUNT, KindSet};
 use tyr_proto::EventKind as Kind;
 
+/// The BPF LSM hooks that decide file opens and execs.
+pub const FILE_OPEN_LSM: &str = "lsm/file_open";
+pub const EXEC_LSM: &str = "lsm/bprm_check_security";
+
 /// Hook serving file opens when `lsm/file_open` cannot.
 pub const FILE_FALLBACK: &str = "tp/syscalls/sys_{enter,exit}_{openat,openat2,open,creat}";
 
@@ -132,10 +136,26 @@ pub struct PolicyMaps {
     pub active: MapHandle,
     /// Per-slot version and default verdict.
     pub slots: MapHandle,
-    /// Per slot: IPv4 and IPv6 prefix tries, candidate lists.
-    pub net4: [MapHandle; 2],
-    pub net6: [MapHandle; 2],
+    /// Connect rules, when the connect hooks loaded.
+    pub net: Option<NetPolicyMaps>,
+    /// File and exec rules, when the BPF LSM hooks loaded.
+    pub path: Option<PathPolicyMaps>,
+}
+
+/// Per slot: IPv4 and IPv6 prefix tries, candidate lists.
+#[derive(Debug)]
+pub struct NetPolicyMaps {
+    pub v4: [MapHandle; 2],
+    pub v6: [MapHandle; 2],
     pub lists: [MapHandle; 2],
+}
+
+/// Per slot: the path trie, candidate lists, glob automata.
+#[derive(Debug)]
+pub struct PathPolicyMaps {
+    pub tries: [MapHandle; 2],
+    pub lists: [MapHandle; 2],
+    pub globs: [MapHandle; 2],
 }
 
 /// Handles on the maps every object shares (created by the process object).
@@ -151,6 +171,8 @@ struct SharedMaps {
     agents: MapHandle,
     policy_active: MapHandle,
     policy_slots: MapHandle,
+    exec_decisions: MapHandle,
+    undecided: MapHandle,
 }
 
 fn reuse(map: &mut OpenMapMut<'_>, handle: &MapHandle) -> libbpf_rs::Result<()> {
@@ -171,6 +193,8 @@ macro_rules! share_maps {
             .and_then(|()| reuse(&mut maps.tyr_agents, &$shared.agents))
             .and_then(|()| reuse(&mut maps.tyr_policy_active, &$shared.policy_active))
             .and_then(|()| reuse(&mut maps.tyr_policy_slots, &$shared.policy_slots))
+            .and_then(|()| reuse(&mut maps.tyr_exec_decisions, &$shared.exec_decisions))
+            .and_then(|()| reuse(&mut maps.tyr_undecided, &$shared.undecided))
     }};
 }
 
@@ -276,6 +300,8 @@ impl Capture {
             agents: handle(&process.maps.tyr_agents)?,
             policy_active: handle(&process.maps.tyr_policy_active)?,
             policy_slots: handle(&process.maps.tyr_policy_slots)?,
+            exec_decisions: handle(&process.maps.tyr_exec_decisions)?,
+            undecided: handle(&process.maps.tyr_undecided)?,
         };
         write_config(&shared, config)?;
 
@@ -290,8 +316,11 @@ impl Capture {
         }
 
         let wants_files = config.kinds.contains(Kind::FileRead) || config.kinds.contains(Kind::FileWrite);
-        let (file_lsm, file_syscalls) =
-            if wants_files { load_file_hooks(&shared, &mut attacher) } else { (None, None) };
+        let (file_lsm, file_syscalls) = if wants_files || config.enforce {
+            load_file_hooks(&shared, &mut attacher, wants_files)
+        } else {
+            (None, None)
+        };
 
         let wants_net = config.enforce || config.kinds.contains(Kind::NetConnect) || config.kinds.contains(Kind::Tls);
         let cgroup = if wants_net { Some(open_cgroup_root(&host)?) } else { None };
@@ -304,7 +333,8 @@ impl Capture {
             _ => None,
         };
 
-        let bpf_lsm = attacher.attached("lsm/file_open");
+        let bpf_lsm = attacher.attached(FILE_OPEN_LSM);
+        let enforce_exec = attacher.attached(EXEC_LSM);
         let capabilities = Capabilities {
             kernel_version: host.kernel_release.clone(),
             arch: host.arch.clone(),
@@ -312,9 +342,9 @@ impl Capture {
             hooks: attacher.hooks,
             bpf_lsm,
             tls_capture: tls.is_some(),
-            file_open_source: if bpf_lsm { "lsm/file_open".to_owned() } else { FILE_FALLBACK.to_owned() },
+            file_open_source: if bpf_lsm { FILE_OPEN_LSM.to_owned() } else { FILE_FALLBACK.to_owned() },
             enforce_file: bpf_lsm,
-            enforce_exec: false,
+            enforce_exec,
             enforce_net: connect.is_some(),
             host,
         };
@@ -345,45 +375,82 @@ impl Capture {
         MapHandle::try_from(&self.shared.agents).map_err(|source| CaptureError::Map { map: "tyr_agents", source })
     }
 
-    /// The maps policy is installed into, when the connect hooks loaded.
+    /// The maps policy is installed into, when an enforcing hook loaded.
     pub fn policy_maps(&self) -> Result<Option<PolicyMaps>, CaptureError> {
-        let Some(connect) = &self._connect else { return Ok(None) };
         let map = |m: &libbpf_rs::MapMut<'_>, name: &'static str| {
             MapHandle::try_from(m).map_err(|source| CaptureError::Map { map: name, source })
         };
-        let maps = &connect.maps;
+        let net = match &self._connect {
+            Some(connect) => {
+                let maps = &connect.maps;
+                Some(NetPolicyMaps {
+                    v4: [map(&maps.tyr_net4_slot0, "tyr_net4_slot0")?, map(&maps.tyr_net4_slot1, "tyr_net4_slot1")?],
+                    v6: [map(&maps.tyr_net6_slot0, "tyr_net6_slot0")?, map(&maps.tyr_net6_slot1, "tyr_net6_slot1")?],
+                    lists: [
+                        map(&maps.tyr_net_lists_slot0, "tyr_net_lists_slot0")?,
+                        map(&maps.tyr_net_lists_slot1, "tyr_net_lists_slot1")?,
+                    ],
+                })
+            }
+            None => None,
+        };
+        let path = match &self._file_lsm {
+            Some(lsm) => {
+                let maps = &lsm.maps;
+                Some(PathPolicyMaps {
+                    tries: [map(&maps.tyr_path_slot0, "tyr_path_slot0")?, map(&maps.tyr_path_slot1, "tyr_path_slot1")?],
+                    lists: [
+                        map(&maps.tyr_path_lists_slot0, "tyr_path_lists_slot0")?,
+                        map(&maps.tyr_path_lists_slot1, "tyr_path_lists_slot1")?,
+                    ],
+                    globs: [
+                        map(&maps.tyr_globs_slot0, "tyr_globs_slot0")?,
+                        map(&maps.tyr_globs_slot1, "tyr_globs_slot1")?,
+                    ],
+                })
+            }
+            None => None,
+        };
+        if net.is_none() && path.is_none() {
+            return Ok(None);
+        }
         Ok(Some(PolicyMaps {
             active: MapHandle::try_from(&self.shared.policy_active)
                 .map_err(|source| CaptureError::Map { map: "tyr_policy_active", source })?,
             slots: MapHandle::try_from(&self.shared.policy_slots)
                 .map_err(|source| CaptureError::Map { map: "tyr_policy_slots", source })?,
-            net4: [map(&maps.tyr_net4_slot0, "tyr_net4_slot0")?, map(&maps.tyr_net4_slot1, "tyr_net4_slot1")?],
-            net6: [map(&maps.tyr_net6_slot0, "tyr_net6_slot0")?, map(&maps.tyr_net6_slot1, "tyr_net6_slot1")?],
-            lists: [
-                map(&maps.tyr_net_lists_slot0, "tyr_net_lists_slot0")?,
-                map(&maps.tyr_net_lists_slot1, "tyr_net_lists_slot1")?,
-            ],
+            net,
+            path,
         }))
+    }
+
+    /// Operations let through because policy could not be checked (no
+    /// scratch space on the CPU), per event kind number.
+    pub fn undecided(&self) -> Result<[u64; KIND_COUNT], CaptureError> {
+        per_kind_totals(&self.shared.undecided, "tyr_undecided")
     }
 
     /// Records the kernel could not emit, per event kind number.
     pub fn lost(&self) -> Result<[u64; KIND_COUNT], CaptureError> {
-        let mut totals = [0u64; KIND_COUNT];
-        for (kind, total) in totals.iter_mut().enumerate() {
-            let key = (kind as u32).to_ne_bytes();
-            let per_cpu = self
-                .shared
-                .lost
-                .lookup_percpu(&key, MapFlags::ANY)
-                .map_err(|source| CaptureError::Map { map: "tyr_lost", source })?
-                .unwrap_or_default();
-            *total = per_cpu
-                .iter()
-                .filter_map(|bytes| bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
-                .sum();
-        }
-        Ok(totals)
+        per_kind_totals(&self.shared.lost, "tyr_lost")
     }
+}
+
+/// Sums a per-CPU array of per-kind u64 counters.
+fn per_kind_totals(map: &MapHandle, name: &'static str) -> Result<[u64; KIND_COUNT], CaptureError> {
+    let mut totals = [0u64; KIND_COUNT];
+    for (kind, total) in totals.iter_mut().enumerate() {
+        let key = (kind as u32).to_ne_bytes();
+        let per_cpu = map
+            .lookup_percpu(&key, MapFlags::ANY)
+            .map_err(|source| CaptureError::Map { map: name, source })?
+            .unwrap_or_default();
+        *total = per_cpu
+            .iter()
+            .filter_map(|bytes| bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
+            .sum();
+    }
+    Ok(totals)
 }
 
 fn handle(map: &libbpf_rs::MapMut<'_>) -> Result<MapHandle, CaptureError> {
@@ -427,23 +494,31 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
         .map_err(|source| CaptureError::Map { map: "tyr_config_map", source })
 }
 
-/// BPF LSM first; the syscall tracepoints when it cannot load or attach.
+/// BPF LSM first (file opens and exec checks); the syscall tracepoints
+/// when it cannot load or attach and file events are wanted.
 fn load_file_hooks(
     shared: &SharedMaps,
     attacher: &mut Attacher,
+    wants_files: bool,
 ) -> (Option<file_lsm::FileLsmSkel<'static>>, Option<file_syscalls::FileSyscallsSkel<'static>>) {
     let lsm = file_lsm::FileLsmSkel::open_shared(shared).and_then(|open| open.load());
     let lsm_error = match lsm {
         Ok(skel) => match skel.progs.tyr_file_open.attach_lsm() {
             Ok(link) => {
-                attacher.attach("lsm/file_open", Ok(link));
+                attacher.attach(FILE_OPEN_LSM, Ok(link));
+                attacher.attach(EXEC_LSM, skel.progs.tyr_exec_check.attach_lsm());
                 return (Some(skel), None);
             }
             Err(error) => error.to_string(),
         },
         Err(error) => error.to_string(),
     };
-    attacher.record("lsm/file_open", Some(lsm_error), FILE_FALLBACK);
+    let fallback = if wants_files { FILE_FALLBACK } else { "" };
+    attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), fallback);
+    attacher.record(EXEC_LSM, Some(lsm_error), "");
+    if !wants_files {
+        return (None, None);
+    }
 
     let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => skel,

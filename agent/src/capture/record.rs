@@ -8,7 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::bpf::records::{
-    tyr_connect_fixed, tyr_exec_fixed, tyr_exit_fixed, tyr_file_fixed, tyr_fork_fixed, tyr_record_header, tyr_tls_fixed,
+    tyr_connect_fixed, tyr_exec_fixed, tyr_exit_fixed, tyr_file_fixed, tyr_fork_fixed, tyr_policy_decision,
+    tyr_record_header, tyr_tls_fixed,
 };
 
 /// Record type numbers (`enum tyr_record_type`).
@@ -79,6 +80,29 @@ impl Header {
     }
 }
 
+/// The policy decision the kernel took for a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelDecision {
+    /// Version the verdict was decided under.
+    pub policy_version: u64,
+    /// 1-based rule index in that version (0: the default).
+    pub rule: u32,
+    /// tyr.v1.Verdict; 0: no policy decided (none loaded, or a hook that
+    /// only observes).
+    pub verdict: u32,
+}
+
+impl KernelDecision {
+    fn from_raw(raw: &tyr_policy_decision) -> Self {
+        Self { policy_version: raw.policy_version, rule: raw.rule, verdict: raw.verdict }
+    }
+
+    /// Whether the kernel decided at all.
+    pub fn decided(&self) -> bool {
+        self.verdict != 0
+    }
+}
+
 /// One decoded record, borrowing its variable-length data from the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
@@ -88,6 +112,9 @@ pub enum Record<'a> {
         exe: &'a [u8],
         /// Arguments, NUL-separated (bounded).
         argv: &'a [u8],
+        /// 0, or -errno when policy refused the exec (the image did not change).
+        result: i32,
+        decision: KernelDecision,
     },
     Fork {
         header: Header,
@@ -109,6 +136,7 @@ pub enum Record<'a> {
         name: &'a [u8],
         /// `enum tyr_file_source`.
         source: u16,
+        decision: KernelDecision,
     },
     Connect {
         header: Header,
@@ -117,10 +145,7 @@ pub enum Record<'a> {
         sock_type: u16,
         protocol: u16,
         cookie: u64,
-        /// Policy decision: version, 1-based rule (0: default), verdict (0: no policy).
-        policy_version: u64,
-        rule: u32,
-        verdict: u32,
+        decision: KernelDecision,
     },
     Tls {
         header: Header,
@@ -203,7 +228,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         record_type::EXEC => {
             let rec: tyr_exec_fixed = fixed(bytes)?;
             let (exe, argv) = data_parts(bytes, size_of_val(&rec), rec.exe_len as usize, rec.argv_len as usize)?;
-            Ok(Record::Exec { header, exe, argv })
+            let decision = KernelDecision::from_raw(&rec.decision);
+            Ok(Record::Exec { header, exe, argv, result: rec.result, decision })
         }
         record_type::FORK => {
             let rec: tyr_fork_fixed = fixed(bytes)?;
@@ -217,7 +243,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             let rec: tyr_file_fixed = fixed(bytes)?;
             let (path, name) =
                 data_parts(bytes, size_of_val(&rec), usize::from(rec.path_len), usize::from(rec.name_len))?;
-            Ok(Record::File { header, result: rec.result, open_flags: rec.open_flags, path, name, source: rec.source })
+            Ok(Record::File {
+                header,
+                result: rec.result,
+                open_flags: rec.open_flags,
+                path,
+                name,
+                source: rec.source,
+                decision: KernelDecision::from_raw(&rec.decision),
+            })
         }
         record_type::CONNECT => {
             let rec: tyr_connect_fixed = fixed(bytes)?;
@@ -228,9 +262,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 sock_type: rec.sock_type,
                 protocol: rec.protocol,
                 cookie: rec.cookie,
-                policy_version: rec.policy_version,
-                rule: rec.rule,
-                verdict: rec.verdict,
+                decision: KernelDecision::from_raw(&rec.decision),
             })
         }
         record_type::TLS => {
@@ -250,7 +282,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
 
 /// Version of the record layouts in `bpf/include/tyr_records.h`; bumped
 /// whenever a layout changes, so old recordings are refused, not misread.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The start of a recording: magic and layout version.
 pub fn recording_header() -> [u8; 12] {
@@ -317,6 +349,7 @@ pub mod encode {
             hdr: raw_header(record_type::EXEC, 3, pid, ppid, comm, size),
             exe_len: exe.len() as u32,
             argv_len: argv.len() as u32,
+            ..Default::default()
         };
         let mut out = bytes_of(&rec);
         out.extend_from_slice(exe.as_bytes());
@@ -334,7 +367,7 @@ pub mod encode {
             path_len: path.len() as u16,
             name_len: 0,
             source: 2,
-            reserved: 0,
+            ..Default::default()
         };
         let mut out = bytes_of(&rec);
         out.extend_from_slice(path.as_bytes());
@@ -353,9 +386,7 @@ pub mod encode {
             protocol: 6,
             addr,
             cookie: 42,
-            policy_version: 0,
-            rule: 0,
-            verdict: 0,
+            ..Default::default()
         };
         bytes_of(&rec)
     }
@@ -380,7 +411,7 @@ mod tests {
     fn decodes_what_encode_builds() {
         let exec = encode::exec(10, 1, "bash", "/usr/bin/bash", &["bash", "-c", "true"]);
         match decode(&exec).expect("exec") {
-            Record::Exec { header, exe, argv } => {
+            Record::Exec { header, exe, argv, .. } => {
                 assert_eq!(header.pid, 10);
                 assert_eq!(header.ppid, 1);
                 assert_eq!(header.comm(), "bash");

@@ -13,6 +13,8 @@ use std::sync::{Arc, LazyLock};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lru::LruCache;
 use tyr_common::agents::{self, Classification, Fingerprint, KNOWN_AGENTS, Matcher, UNKNOWN};
+use tyr_common::policy::compile::UNREGISTERED_CLASS;
+use tyr_common::policy::unregistered::Restriction;
 
 use super::environ::read_marker_names;
 use super::exe_hash::ExeHasher;
@@ -53,8 +55,12 @@ static WRITTEN_NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
-/// What tyrd does about processes no signature claims (recorded on events;
-/// enforced with policy).
+/// Metadata key set on events of unregistered agents: processes showing
+/// agent signals (an LLM API key in the environment, TLS to an LLM
+/// provider, an agent-like name) that no known agent matched confidently.
+pub const UNREGISTERED_AGENT: &str = "unregistered_agent";
+
+/// What tyrd does about unregistered agents (see [`UNREGISTERED_AGENT`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum UnregisteredAgents {
     /// Observed, governed by the daemon's base policy.
@@ -67,6 +73,15 @@ pub enum UnregisteredAgents {
 }
 
 impl UnregisteredAgents {
+    /// The policy restriction this mode puts on unregistered agents.
+    pub fn restriction(self) -> Option<Restriction> {
+        match self {
+            Self::Audit => None,
+            Self::Quarantine => Some(Restriction::Quarantine),
+            Self::Deny => Some(Restriction::Deny),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Audit => "audit",
@@ -97,6 +112,9 @@ struct ProcState {
     inherited_from: Option<u32>,
     /// The parent's thread group id, for the lineage of agent types.
     parent: u32,
+    /// An unregistered agent (or descended from one): agent signals, no
+    /// confident match.
+    unregistered: bool,
     label: Option<Arc<AgentLabel>>,
 }
 
@@ -195,7 +213,8 @@ impl AgentTracker {
         let previous = self.processes.get(&pid).map(|s| s.agent).filter(|&a| a != 0);
         let from_parent = self.processes.get(&ppid).map(|s| s.agent).filter(|&a| a != 0);
         let inherited = previous.or(from_parent).or((kernel_agent != 0).then_some(kernel_agent));
-        let mut state = ProcState { fingerprint, parent: ppid, ..ProcState::default() };
+        let unregistered = [pid, ppid].iter().any(|p| self.processes.peek(p).is_some_and(|s| s.unregistered));
+        let mut state = ProcState { fingerprint, parent: ppid, unregistered, ..ProcState::default() };
         if let Some(agent) = inherited {
             state.agent = agent;
             state.inherited_from = Some(agent);
@@ -215,6 +234,7 @@ impl AgentTracker {
             agent,
             inherited_from: (agent != 0).then_some(agent),
             parent,
+            unregistered: parent_state.unregistered,
             label: None,
         };
         if agent != 0 && kernel_agent != agent {
@@ -321,18 +341,30 @@ impl AgentTracker {
             {
                 self.registry.set_sha256(index, &sha);
             }
+            state.unregistered = false;
             if state.agent != index {
                 state.agent = index;
                 state.inherited_from = None;
                 self.write_kernel(pid, index);
+            }
+        } else if state.agent == 0 && own.confidence > 0 && !state.unregistered {
+            state.unregistered = true;
+            // Under quarantine or deny the kernel governs it (and, through
+            // fork, its children) by the unregistered overlay from now on.
+            if self.unregistered.restriction().is_some() {
+                self.write_kernel_class(pid, 0, UNREGISTERED_CLASS);
             }
         }
         state.own = Some(own).filter(|c| c.confidence > 0);
     }
 
     fn write_kernel(&mut self, pid: u32, index: u32) {
-        let Some(kernel) = &self.kernel else { return };
         let agent_type = self.registry.by_index(index).map_or(0, |a| type_class(&a.agent_type));
+        self.write_kernel_class(pid, index, agent_type);
+    }
+
+    fn write_kernel_class(&mut self, pid: u32, index: u32, agent_type: u32) {
+        let Some(kernel) = &self.kernel else { return };
         let value = tyr_agent_class { agent: index, agent_type };
         // SAFETY: tyr_agent_class is a Plain repr(C) struct of two u32.
         let bytes = unsafe { plain::as_bytes(&value) };
@@ -374,6 +406,9 @@ fn build_label(registry: &Registry, state: &ProcState, unknown: &AgentLabel) -> 
         }
         None => {
             metadata.extend(unknown.metadata.iter().cloned());
+            if state.unregistered {
+                metadata.push((UNREGISTERED_AGENT, Arc::from("true")));
+            }
             AgentLabel { agent_type: UNKNOWN, discovered_agent_id: String::new(), metadata }
         }
     }

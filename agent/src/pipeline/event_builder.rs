@@ -16,9 +16,10 @@ use super::clock::BootClock;
 use super::process_cache::{ProcessCache, ProcessInfo};
 use super::seq::SeqAllocator;
 use crate::capture::client_hello;
-use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, Record};
-use crate::detect::tracker::{AgentLabel, AgentTracker};
+use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, KernelDecision, Record};
+use crate::detect::tracker::{AgentLabel, AgentTracker, UNREGISTERED_AGENT};
 use crate::enforce::PolicyVersions;
+use tyr_common::policy::compile::UNREGISTERED;
 use tyr_common::policy::model::{Request, Severity as PolicySeverity, Verdict as PolicyVerdict};
 
 /// Builds events from raw records, keeping the process cache current.
@@ -79,7 +80,14 @@ impl EventBuilder {
         let mut exit_label = None;
         let mut decision = None;
         let (kind, resource, process) = match record {
-            Record::Exec { exe, argv, .. } => {
+            Record::Exec { exe, result, decision: kernel, .. } if *result != 0 => {
+                // Refused by policy: the process keeps its image.
+                decision = Some(*kernel);
+                metadata.insert("error".to_owned(), errno_text(-result));
+                (EventKind::Exec, String::from_utf8_lossy(exe).into_owned(), self.cache.get(header.pid))
+            }
+            Record::Exec { exe, argv, decision: kernel, .. } => {
+                decision = kernel.decided().then_some(*kernel);
                 let exe = String::from_utf8_lossy(exe);
                 let info = self.cache.on_exec(header.pid, header.ppid, &exe, argv);
                 if let Some(sha) = self.agents.on_exec(header.pid, header.ppid, &exe, argv, header.agent) {
@@ -106,7 +114,8 @@ impl EventBuilder {
                 }
                 (EventKind::Exit, info.exe.to_string(), info)
             }
-            Record::File { result, open_flags, path, name, source, .. } => {
+            Record::File { result, open_flags, path, name, source, decision: kernel, .. } => {
+                decision = kernel.decided().then_some(*kernel);
                 let kind =
                     if header.kind == EventKind::FileWrite as u16 { EventKind::FileWrite } else { EventKind::FileRead };
                 metadata.insert("flags".to_owned(), open_flags_text(*open_flags));
@@ -121,10 +130,8 @@ impl EventBuilder {
                 self.agents.on_file(header.pid, &resource, kind == EventKind::FileWrite);
                 (kind, resource, self.cache.get(header.pid))
             }
-            Record::Connect { remote, port, sock_type, policy_version, rule, verdict, .. } => {
-                if *verdict != 0 {
-                    decision = Some((*policy_version, *rule, *verdict));
-                }
+            Record::Connect { remote, port, sock_type, decision: kernel, .. } => {
+                decision = kernel.decided().then_some(*kernel);
                 metadata.insert("remote_ip".to_owned(), remote.to_string());
                 metadata.insert("remote_port".to_owned(), port.to_string());
                 metadata.insert("protocol".to_owned(), socket_protocol(*sock_type).to_owned());
@@ -150,19 +157,18 @@ impl EventBuilder {
         if event.metadata.contains_key("fingerprint_mismatch") {
             event.severity = Severity::High as i32;
         }
-        if let Some((version, rule, verdict)) = decision {
-            self.apply_decision(&mut event, version, rule, verdict);
-        } else if matches!(kind, EventKind::FileRead | EventKind::FileWrite | EventKind::Exec) {
-            self.report_unenforced(&mut event, kind);
+        match decision {
+            Some(decision) => self.apply_decision(&mut event, &decision),
+            None => self.report_unenforced(&mut event, kind),
         }
         event
     }
 
     /// Records the kernel's policy decision on an event: verdict, policy
     /// version, rule name and severity.
-    fn apply_decision(&self, event: &mut Event, version: u64, rule: u32, verdict: u32) {
-        let version = i64::try_from(version).unwrap_or(i64::MAX);
-        event.verdict = i32::try_from(verdict).unwrap_or(0);
+    fn apply_decision(&self, event: &mut Event, decision: &KernelDecision) {
+        let (version, rule) = (i64::try_from(decision.policy_version).unwrap_or(i64::MAX), decision.rule);
+        event.verdict = i32::try_from(decision.verdict).unwrap_or(0);
         event.policy_version = version;
         match self.policies.rule(version, rule) {
             Some(info) => {
@@ -177,21 +183,35 @@ impl EventBuilder {
             }
         }
         if event.verdict == Verdict::Deny as i32 {
-            // Connect hooks refuse in the kernel (ECONNREFUSED).
+            // Refused in the kernel: EPERM (files, execs), ECONNREFUSED (connects).
             event.metadata.insert("enforced".to_owned(), "true".to_owned());
         }
     }
 
-    /// File and exec rules are not enforced in the kernel yet: evaluate them
-    /// here and say what the policy wanted and that it was not enforced, so
-    /// an allowed open is never mistaken for a policy decision.
+    /// Rules the kernel did not decide — file and exec rules where BPF LSM
+    /// is missing, TLS rules always (the server name is only known once the
+    /// ClientHello is parsed here): evaluate them here and say what the
+    /// policy wanted and that it was not enforced, so an allowed operation
+    /// is never mistaken for a policy decision.
     fn report_unenforced(&self, event: &mut Event, kind: EventKind) {
         let Some((version, policy)) = self.policies.in_force() else { return };
+        let port = event.metadata.get("remote_port").and_then(|p| p.parse().ok());
+        let addr = event.metadata.get("remote_ip").and_then(|a| a.parse().ok());
         let request = match kind {
             EventKind::Exec => Request::Exec { path: &event.resource },
-            _ => Request::File { write: kind == EventKind::FileWrite, path: &event.resource },
+            EventKind::FileRead | EventKind::FileWrite => {
+                Request::File { write: kind == EventKind::FileWrite, path: &event.resource }
+            }
+            EventKind::Tls => match (event.metadata.get("sni"), addr, port) {
+                (Some(server_name), Some(addr), Some(port)) => Request::Tls { server_name, addr, port },
+                _ => return,
+            },
+            _ => return,
         };
-        let decision = policy.decide(&event.agent_type, &request);
+        // Unregistered agents are governed by their own overlay.
+        let unregistered = event.metadata.get(UNREGISTERED_AGENT).is_some_and(|v| v == "true");
+        let agent_type = if unregistered { UNREGISTERED } else { event.agent_type.as_str() };
+        let decision = policy.decide(agent_type, &request);
         let Some(rule) = decision.rule else { return };
         if decision.verdict == PolicyVerdict::Allow {
             return;

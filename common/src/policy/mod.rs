@@ -7,10 +7,13 @@
 //! gets the default verdict. A base policy applies to every process of the
 //! daemon; overlays add rules for one agent type, checked before the base.
 
+pub mod cedar;
 pub mod compile;
 pub mod model;
 pub mod parse;
+pub mod unregistered;
 
+pub use cedar::{CEDAR_SCHEMA, CedarEvaluator, to_cedar};
 pub use compile::{CompileError, CompiledPolicy, compile};
 pub use model::{Action, Decision, Policy, PolicySet, Request, Rule, Severity, Verdict};
 pub use parse::{PolicyError, PolicyErrors, parse_policy};

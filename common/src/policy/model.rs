@@ -103,8 +103,8 @@ pub enum PathPattern {
     Prefix(String),
     /// `/etc/shadow`: exactly this path.
     Exact(String),
-    /// `/home/*/.ssh/**`: `*` within one component, `**` across
-    /// components, `?` one character.
+    /// `/home/*/.ssh/*`, `*.pem`: `*` matches any run of characters,
+    /// `/` included (as Cedar's `like` does; `**` means the same).
     Glob(String),
 }
 
@@ -125,19 +125,11 @@ impl PathPattern {
     }
 }
 
-/// Glob matching with `*` (no `/`), `**` (anything) and `?` (one non-`/` byte).
+/// Glob matching where `*` (and `**`) matches any bytes, `/` included.
 fn glob_matches(glob: &[u8], path: &[u8]) -> bool {
     match glob.split_first() {
         None => path.is_empty(),
-        Some((b'*', rest)) if rest.first() == Some(&b'*') => {
-            let rest = &rest[1..];
-            (0..=path.len()).any(|i| glob_matches(rest, &path[i..]))
-        }
-        Some((b'*', rest)) => {
-            let limit = path.iter().position(|&b| b == b'/').unwrap_or(path.len());
-            (0..=limit).any(|i| glob_matches(rest, &path[i..]))
-        }
-        Some((b'?', rest)) => path.first().is_some_and(|&b| b != b'/') && glob_matches(rest, &path[1..]),
+        Some((b'*', rest)) => (0..=path.len()).any(|i| glob_matches(rest, &path[i..])),
         Some((&c, rest)) => path.first() == Some(&c) && glob_matches(rest, &path[1..]),
     }
 }
@@ -337,13 +329,14 @@ mod tests {
     #[test]
     fn globs_and_prefixes() {
         let glob = |g: &str, p: &str| PathPattern::Glob(g.to_owned()).matches(p);
-        assert!(glob("/home/*/.ssh/**", "/home/dev/.ssh/id_ed25519"));
+        assert!(glob("/home/*/.ssh/*", "/home/dev/.ssh/id_ed25519"));
         assert!(glob("/home/*/.ssh/**", "/home/dev/.ssh/keys/a"));
-        assert!(!glob("/home/*/.ssh/**", "/home/dev/x/.ssh/id"));
+        assert!(glob("/home/*/.ssh/*", "/home/dev/x/.ssh/id"));
+        assert!(!glob("/home/*/.ssh/*", "/home/dev/.ssh"));
+        assert!(glob("/*.pem", "/etc/ssl/private/host.pem"));
+        assert!(!glob("/*.pem", "/etc/ssl/private/host.pem.bak"));
         assert!(glob("/etc/*.conf", "/etc/resolv.conf"));
-        assert!(!glob("/etc/*.conf", "/etc/ssh/sshd.conf"));
-        assert!(glob("/tmp/file?.txt", "/tmp/file1.txt"));
-        assert!(!glob("/tmp/file?.txt", "/tmp/file12.txt"));
+        assert!(glob("/a*b*c", "/abc") && glob("/a*b*c", "/aXbYbZc") && !glob("/a*b*c", "/aXbYc/d"));
         let prefix = PathPattern::Prefix("/workspace/".to_owned());
         assert!(prefix.matches("/workspace/src/main.rs") && prefix.matches("/workspace"));
         assert!(!prefix.matches("/workspace2/x"));

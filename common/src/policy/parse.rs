@@ -189,7 +189,12 @@ fn parse_path(pattern: &str) -> Result<PathPattern, String> {
     if pattern.len() > 4095 {
         return Err("path longer than PATH_MAX".to_owned());
     }
-    Ok(if pattern.contains(['*', '?']) {
+    if pattern.contains(['?', '[', ']', '{', '}']) {
+        return Err(format!(
+            "{pattern:?}: only `*` is a wildcard in paths (it matches any characters, `/` included); `?`, `[...]` and `{{...}}` are not supported"
+        ));
+    }
+    Ok(if pattern.contains('*') {
         PathPattern::Glob(pattern.to_owned())
     } else if pattern.ends_with('/') {
         PathPattern::Prefix(pattern.to_owned())

@@ -1,0 +1,156 @@
+/* File and exec decisions against the policy slot in force (see
+ * tyr_records.h for the layout): a longest-prefix lookup of the path for
+ * the process's agent class (else the base class), then the first of the
+ * entry's candidates that matches. Globs run their automaton over the
+ * path under bpf_loop(), so a path of any length costs one verified body. */
+#pragma once
+
+#include "policy.h"
+#include "path.h"
+
+#define TYR_PATH_TRIE(name)                           \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);  \
+		__uint(max_entries, 16384);           \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__type(key, struct tyr_path_key);     \
+		__type(value, __u32);                 \
+	} name SEC(".maps")
+
+TYR_PATH_TRIE(tyr_path_slot0);
+TYR_PATH_TRIE(tyr_path_slot1);
+
+#define TYR_PATH_LISTS(name)                                \
+	struct {                                            \
+		__uint(type, BPF_MAP_TYPE_ARRAY);           \
+		__uint(max_entries, TYR_POLICY_LISTS);      \
+		__type(key, __u32);                         \
+		__type(value, struct tyr_path_candidates);  \
+	} name SEC(".maps")
+
+TYR_PATH_LISTS(tyr_path_lists_slot0);
+TYR_PATH_LISTS(tyr_path_lists_slot1);
+
+#define TYR_GLOBS(name)                               \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_ARRAY);     \
+		__uint(max_entries, TYR_POLICY_GLOBS); \
+		__type(key, __u32);                   \
+		__type(value, struct tyr_glob);       \
+	} name SEC(".maps")
+
+TYR_GLOBS(tyr_globs_slot0);
+TYR_GLOBS(tyr_globs_slot1);
+
+/* A glob run over the path at s->rec + base. */
+struct tyr_glob_run {
+	__u32 slot;
+	__u32 glob;
+	__u32 base;
+	__u32 at;  /* next byte of the path */
+	__u32 len; /* bytes of the path */
+	__u32 reserved;
+	__u64 state;
+};
+
+static __always_inline struct tyr_glob *tyr_glob_get(__u32 slot, __u32 *glob)
+{
+	return slot ? bpf_map_lookup_elem(&tyr_globs_slot1, glob) : bpf_map_lookup_elem(&tyr_globs_slot0, glob);
+}
+
+/* One byte through the automaton. */
+static long tyr_glob_step(__u64 index, void *ctx)
+{
+	struct tyr_glob_run *run = ctx;
+	if (run->at >= run->len)
+		return 1;
+	struct tyr_scratch *s = tyr_scratch_entry();
+	struct tyr_glob *g = tyr_glob_get(run->slot, &run->glob);
+	if (!s || !g) {
+		run->state = 0;
+		return 1;
+	}
+	__u8 c = s->rec[(run->base & TYR_BASE_MASK) + (run->at & TYR_PATH_MASK)];
+	__u64 state = ((run->state << 1) & g->chars[c]) | (run->state & g->star);
+	state |= (state & g->before_star) << 1;
+	run->state = state;
+	run->at++;
+	return state == 0;
+}
+
+/* Whether glob `glob` matches the path (len bytes at s->rec + base) from byte `start` on. */
+static __always_inline bool tyr_glob_matches(__u32 slot, __u32 glob, __u32 base, __u32 start, __u32 len)
+{
+	struct tyr_glob *g = tyr_glob_get(slot, &glob);
+	if (!g || start > len)
+		return false;
+	__u64 accept = g->accept;
+	struct tyr_glob_run run = {
+		.slot = slot,
+		.glob = glob,
+		.base = base,
+		.at = start,
+		.len = len,
+		.state = 1 | ((1 & g->before_star) << 1),
+	};
+	bpf_loop(TYR_PATH_MAX, tyr_glob_step, &run, 0);
+	return run.at >= len && (run.state & accept) != 0;
+}
+
+/* Decides `action` (TYR_ACTION_*) for the path of `len` bytes at
+ * s->rec + base, for agent class `class`, under the slot in force. */
+static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 base, __u32 len, __u32 class, __u32 action,
+					    struct tyr_decision *out)
+{
+	tyr_decision_none(out);
+	__u32 slot = 0;
+	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
+	if (!meta)
+		return;
+	tyr_decision_default(meta, out);
+
+	struct tyr_path_key *key = &s->key;
+	__u32 key_len = len < TYR_POLICY_PATH_KEY ? len : TYR_POLICY_PATH_KEY;
+	bpf_probe_read_kernel(key->path, sizeof(key->path), &s->rec[base & TYR_BASE_MASK]);
+	key->prefixlen = 64 + key_len * 8;
+	key->action = bpf_htonl(action);
+	__u32 *index = NULL;
+	for (int attempt = 0; attempt < 2 && !index; attempt++) {
+		if (attempt == 1 && class == 0)
+			break;
+		key->class = bpf_htonl(attempt == 0 ? class : 0);
+		index = slot ? bpf_map_lookup_elem(&tyr_path_slot1, key) : bpf_map_lookup_elem(&tyr_path_slot0, key);
+	}
+	if (!index)
+		return;
+	struct tyr_path_candidates *list = slot ? bpf_map_lookup_elem(&tyr_path_lists_slot1, index)
+						: bpf_map_lookup_elem(&tyr_path_lists_slot0, index);
+	if (!list)
+		return;
+	for (int i = 0; i < TYR_POLICY_PATH_CANDIDATES; i++) {
+		if (i >= list->count)
+			break;
+		const struct tyr_path_candidate *c = &list->list[i];
+		bool hit = false;
+		if (c->match == TYR_PATH_MATCH_PREFIX)
+			hit = true;
+		else if (c->match == TYR_PATH_MATCH_EXACT)
+			hit = c->len == len;
+		else if (c->match == TYR_PATH_MATCH_GLOB)
+			hit = tyr_glob_matches(slot, c->glob, base, c->len, len);
+		if (hit) {
+			out->verdict = c->verdict;
+			out->rule = c->rule;
+			return;
+		}
+	}
+}
+
+/* The stricter of two decisions: deny over alert over allow. */
+static __always_inline void tyr_decision_stricter(struct tyr_decision *a, const struct tyr_decision *b)
+{
+	if (a->verdict == TYR_VERDICT_DENY)
+		return;
+	if (b->verdict == TYR_VERDICT_DENY || (b->verdict == TYR_VERDICT_ALERT && a->verdict != TYR_VERDICT_ALERT))
+		*a = *b;
+}

@@ -1,0 +1,220 @@
+//! File and exec rules as kernel entries: per agent class and action, the
+//! literal prefixes of the rules' path patterns (an exact path, a directory
+//! prefix, or a glob's text before its first `*`) in a longest-prefix-match
+//! trie over path bytes, each naming the ordered list of pattern checks
+//! that can match a path whose longest configured prefix is that one:
+//! `prefix` (matches), `exact` (the path has exactly that length), `glob`
+//! (the glob automaton matches the path from the end of its literal). The
+//! kernel takes the first candidate that matches.
+
+use std::collections::HashMap;
+
+use super::glob::{GlobAutomaton, split_literal};
+use super::net::Lists;
+use super::{BASE_CLASS, CompileError, MAX_GLOBS, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, in_order};
+use crate::policy::model::{Action, PathPattern, Rule, Verdict};
+
+/// How a candidate checks a path whose start the trie already matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// Everything under the prefix.
+    Prefix,
+    /// The path is exactly the prefix: it has this length.
+    Exact { len: u16 },
+    /// Glob `glob` (index into [`super::CompiledPolicy::globs`]) matches the
+    /// path from byte `start` on.
+    Glob { start: u16, glob: u32 },
+}
+
+/// One entry of a path candidate list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathCandidate {
+    /// 1-based index into [`super::CompiledPolicy::rules`].
+    pub rule: u32,
+    pub verdict: Verdict,
+    pub matcher: PathMatch,
+}
+
+/// One trie entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPrefix {
+    pub class: u32,
+    /// FileRead, FileWrite or Exec.
+    pub action: Action,
+    pub bytes: Vec<u8>,
+    /// Index into [`super::CompiledPolicy::path_lists`].
+    pub list: u32,
+}
+
+/// A pattern as the trie sees it: its literal start and the check after it.
+#[derive(Debug, Clone)]
+struct Literal {
+    bytes: Vec<u8>,
+    matcher: PathMatch,
+}
+
+impl Literal {
+    /// Whether this pattern belongs in the list of trie entry `node`.
+    fn applies_at(&self, node: &[u8]) -> bool {
+        node.starts_with(&self.bytes) && (!matches!(self.matcher, PathMatch::Exact { .. }) || node == self.bytes)
+    }
+}
+
+/// File and exec entries under construction.
+#[derive(Debug)]
+pub(super) struct PathBuilder {
+    pub lists: Lists<PathCandidate>,
+    pub prefixes: Vec<PathPrefix>,
+    pub globs: Vec<String>,
+    glob_index: HashMap<String, u32>,
+}
+
+fn too_long(rule: &Rule, path: &str) -> CompileError {
+    CompileError::PathTooLong { rule: rule.name.clone(), path: path.to_owned() }
+}
+
+impl PathBuilder {
+    pub fn new() -> Self {
+        Self { lists: Lists::new(), prefixes: Vec::new(), globs: Vec::new(), glob_index: HashMap::new() }
+    }
+
+    fn glob(&mut self, rule: &Rule, pattern: &str) -> Result<u32, CompileError> {
+        if let Some(&index) = self.glob_index.get(pattern) {
+            return Ok(index);
+        }
+        if GlobAutomaton::new(pattern).is_none() {
+            return Err(CompileError::GlobTooLong { rule: rule.name.clone(), pattern: pattern.to_owned() });
+        }
+        if self.globs.len() >= MAX_GLOBS {
+            return Err(CompileError::TooManyGlobs(self.globs.len() + 1));
+        }
+        let index = self.globs.len() as u32;
+        self.glob_index.insert(pattern.to_owned(), index);
+        self.globs.push(pattern.to_owned());
+        Ok(index)
+    }
+
+    /// The trie literals of one rule's patterns.
+    fn literals(&mut self, rule: &Rule) -> Result<Vec<Literal>, CompileError> {
+        if rule.paths.is_empty() {
+            return Ok(vec![Literal { bytes: Vec::new(), matcher: PathMatch::Prefix }]);
+        }
+        let mut literals = Vec::new();
+        for pattern in &rule.paths {
+            let text = pattern.as_str();
+            match pattern {
+                PathPattern::Prefix(prefix) => {
+                    if prefix.len() > PATH_KEY_BYTES {
+                        return Err(too_long(rule, text));
+                    }
+                    literals.push(Literal { bytes: prefix.as_bytes().to_vec(), matcher: PathMatch::Prefix });
+                    // `/dir/` also matches `/dir` itself.
+                    let dir = &prefix[..prefix.len() - 1];
+                    if !dir.is_empty() {
+                        let len = dir.len() as u16;
+                        literals.push(Literal { bytes: dir.as_bytes().to_vec(), matcher: PathMatch::Exact { len } });
+                    }
+                }
+                PathPattern::Exact(exact) => {
+                    if exact.len() > PATH_KEY_BYTES {
+                        return Err(too_long(rule, text));
+                    }
+                    let len = exact.len() as u16;
+                    literals.push(Literal { bytes: exact.as_bytes().to_vec(), matcher: PathMatch::Exact { len } });
+                }
+                PathPattern::Glob(glob) => {
+                    let (literal, rest) = split_literal(glob);
+                    if literal.len() > PATH_KEY_BYTES {
+                        return Err(too_long(rule, text));
+                    }
+                    let glob = self.glob(rule, rest)?;
+                    let start = literal.len() as u16;
+                    literals
+                        .push(Literal { bytes: literal.as_bytes().to_vec(), matcher: PathMatch::Glob { start, glob } });
+                }
+            }
+        }
+        Ok(literals)
+    }
+
+    /// Entries of one class: its own rules (the base's, for the base
+    /// class), then the base's, as (rule index, rule). For an action the
+    /// class has no rules of its own for, the base's entries decide.
+    pub fn class(&mut self, class: u32, own: &[(u32, &Rule)], base: &[(u32, &Rule)]) -> Result<(), CompileError> {
+        for action in [Action::FileRead, Action::FileWrite, Action::Exec] {
+            if class != BASE_CLASS && !own.iter().any(|(_, r)| r.action == action) {
+                continue;
+            }
+            let mut ordered = Vec::new();
+            for (index, rule) in in_order(action, own, base) {
+                ordered.push((index, rule.verdict, self.literals(rule)?));
+            }
+            let mut nodes: Vec<Vec<u8>> =
+                ordered.iter().flat_map(|(_, _, literals)| literals.iter().map(|l| l.bytes.clone())).collect();
+            nodes.sort();
+            nodes.dedup();
+            for node in nodes {
+                let list = candidates_at(&ordered, &node);
+                if list.len() > MAX_PATH_CANDIDATES {
+                    return Err(CompileError::TooManyCandidates {
+                        prefix: String::from_utf8_lossy(&node).into_owned(),
+                        count: list.len(),
+                    });
+                }
+                if list.is_empty() {
+                    continue;
+                }
+                let list = self.lists.index(list)?;
+                self.prefixes.push(PathPrefix { class, action, bytes: node, list });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The candidates of trie entry `node`, in decision order, up to the first
+/// unconditional one.
+fn candidates_at(ordered: &[(u32, Verdict, Vec<Literal>)], node: &[u8]) -> Vec<PathCandidate> {
+    let mut list = Vec::new();
+    for (rule, verdict, literals) in ordered {
+        for literal in literals.iter().filter(|l| l.applies_at(node)) {
+            list.push(PathCandidate { rule: *rule, verdict: *verdict, matcher: literal.matcher });
+            if literal.matcher == PathMatch::Prefix {
+                return list; // nothing after an unconditional match is reachable
+            }
+        }
+    }
+    list
+}
+
+/// The kernel's file or exec decision over compiled entries. None: no
+/// candidate matched.
+pub(super) fn decide(
+    prefixes: &[PathPrefix],
+    lists: &[Vec<PathCandidate>],
+    globs: &[String],
+    class: u32,
+    action: Action,
+    path: &[u8],
+) -> Option<(Verdict, u32)> {
+    // The kernel's key holds the first PATH_KEY_BYTES bytes of the path.
+    let key = &path[..path.len().min(PATH_KEY_BYTES)];
+    let lookup = |class: u32| {
+        prefixes
+            .iter()
+            .filter(|p| p.class == class && p.action == action && key.starts_with(&p.bytes))
+            .max_by_key(|p| p.bytes.len())
+    };
+    let found = lookup(class).or_else(|| if class != BASE_CLASS { lookup(BASE_CLASS) } else { None })?;
+    lists[found.list as usize]
+        .iter()
+        .find(|c| match c.matcher {
+            PathMatch::Prefix => true,
+            PathMatch::Exact { len } => path.len() == usize::from(len),
+            PathMatch::Glob { start, glob } => {
+                let automaton = globs.get(glob as usize).and_then(|g| GlobAutomaton::new(g));
+                automaton.is_some_and(|a| path.get(usize::from(start)..).is_some_and(|rest| a.matches(rest)))
+            }
+        })
+        .map(|c| (c.verdict, c.rule))
+}
