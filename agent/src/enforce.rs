@@ -112,7 +112,7 @@ fn net_key(class: u32, prefix: u8, addr: IpAddr) -> Vec<u8> {
     key
 }
 
-/// The path LPM key `{prefixlen, class, action (big-endian), path[256]}`.
+/// The path LPM key `{prefixlen, class, action (big-endian), path[PATH_KEY_BYTES]}`.
 fn path_key(class: u32, action: u32, bytes: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(12 + PATH_KEY_BYTES);
     key.extend_from_slice(&(64 + 8 * bytes.len() as u32).to_ne_bytes());

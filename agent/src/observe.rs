@@ -184,7 +184,17 @@ struct Selection {
 }
 
 impl Selection {
+    /// Policy decisions other than a plain allow (DENY, ALERT, and what
+    /// policy would have wanted where it could not enforce) are always
+    /// shown, as the kernel always reports them; everything else by filter.
     fn admits(&self, event: &Event) -> bool {
+        let decision = event.verdict == Verdict::Deny as i32
+            || event.verdict == Verdict::Alert as i32
+            || event.metadata.contains_key("policy_verdict");
+        decision || self.filtered_in(event)
+    }
+
+    fn filtered_in(&self, event: &Event) -> bool {
         EventKind::try_from(event.kind).is_ok_and(|kind| self.kinds.contains(kind))
             && (self.pids.is_empty() || self.pids.contains(&event.pid))
             && (self.comms.is_empty() || event.metadata.get("comm").is_some_and(|c| self.comms.contains(c)))

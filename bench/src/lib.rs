@@ -1,6 +1,7 @@
 //! Shared inputs for Tyr's benchmarks and load tools: realistic synthetic
 //! events, generated deterministically so runs compare.
 
+pub mod kernel_vm;
 pub mod tyrd_process;
 
 use tyr_proto::{Event, EventKind, Severity, Verdict};

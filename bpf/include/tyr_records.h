@@ -164,7 +164,7 @@ struct tyr_tls_fixed {
 /* Class of unregistered agents under quarantine or deny. */
 #define TYR_CLASS_UNREGISTERED 0xfffffffdU
 #define TYR_POLICY_PATH_CANDIDATES 32
-#define TYR_POLICY_PATH_KEY 256
+#define TYR_POLICY_PATH_KEY 248 /* the kernel caps LPM keys at 256 data bytes */
 #define TYR_POLICY_GLOBS 1024
 /* Actions of path rules, as in the trie key. */
 #define TYR_ACTION_FILE_READ 1

@@ -25,6 +25,9 @@ APT_PACKAGES=(
     ca-certificates curl procps
     build-essential pkg-config
     clang llvm libelf-dev zlib1g-dev bpftool
+    # The kernel VM that proves BPF LSM enforcement (bench/tests/kernel_vm.rs):
+    # Debian's kernel, QEMU, a static busybox and cpio for the initramfs.
+    qemu-system-x86 linux-image-amd64 busybox-static cpio
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -39,10 +39,11 @@ pub const MAX_PATH_CANDIDATES: usize = 32;
 pub const MAX_PORT_RANGES: usize = 8;
 pub const MAX_LISTS: usize = 4096;
 pub const MAX_GLOBS: usize = 1024;
-/// Bytes of a path the kernel's trie key holds: literal prefixes (exact
+/// Bytes of a path the kernel's trie key holds (the kernel caps LPM keys at
+/// 256 data bytes; class and action take 8): literal prefixes (exact
 /// paths, directory prefixes, a glob's text before its first `*`) may not
 /// be longer.
-pub const PATH_KEY_BYTES: usize = 256;
+pub const PATH_KEY_BYTES: usize = 248;
 /// Class of the base policy.
 pub const BASE_CLASS: u32 = 0;
 /// Class of processes no agent claims (`unknown` overlay).

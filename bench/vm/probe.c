@@ -1,0 +1,114 @@
+/* The test program run inside the kernel VM (statically linked, so the
+ * initramfs needs nothing else): performs the operations the enforcement
+ * tests and the open() benchmark need and prints one parseable line each,
+ * "TYR-VM <test> key=value ...".
+ *
+ *   probe open PATH             open(PATH, O_RDONLY): the errno (0: opened)
+ *   probe write PATH            open(PATH, O_WRONLY|O_CREAT)
+ *   probe exec PATH             execv(PATH): the errno if it returns
+ *   probe governed-child PATH [write]
+ *                               wait until this process is refused PATH (its
+ *                               agent was classified), then fork: does the
+ *                               child's very first open of PATH fail too?
+ *   probe swap STOPFILE A B     open A, open B, pause 1 ms, ... until STOPFILE
+ *                               exists; counts per path and result (paced
+ *                               so tyrd, emulated, keeps up with the events)
+ *   probe bench N PATH          N open()+close() of PATH: ns per pair
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int try_open(const char *path, int flags)
+{
+	int fd = open(path, flags, 0644);
+	if (fd < 0)
+		return errno;
+	close(fd);
+	return 0;
+}
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: probe open|write|exec|governed-child|swap|bench ...\n");
+		return 2;
+	}
+	const char *mode = argv[1];
+	if (!strcmp(mode, "open") || !strcmp(mode, "write")) {
+		int flags = !strcmp(mode, "open") ? O_RDONLY : (O_WRONLY | O_CREAT);
+		printf("TYR-VM %s path=%s errno=%d\n", mode, argv[2], try_open(argv[2], flags));
+		return 0;
+	}
+	if (!strcmp(mode, "exec")) {
+		fflush(stdout);
+		char *args[] = { argv[2], "true", NULL };
+		execv(argv[2], args);
+		printf("TYR-VM exec path=%s errno=%d\n", argv[2], errno);
+		return 0;
+	}
+	if (!strcmp(mode, "governed-child")) {
+		int flags = argc > 3 && !strcmp(argv[3], "write") ? (O_WRONLY | O_CREAT) : O_RDONLY;
+		int waited = 0;
+		while (try_open(argv[2], flags) != EPERM && waited < 400) {
+			usleep(25000);
+			waited++;
+		}
+		int parent = try_open(argv[2], flags);
+		fflush(stdout);
+		pid_t child = fork();
+		if (child == 0) {
+			/* The child's first syscall after fork. */
+			int err = try_open(argv[2], flags);
+			printf("TYR-VM governed-child path=%s parent_errno=%d child_errno=%d child_pid=%d waited_ms=%d\n",
+			       argv[2], parent, err, getpid(), waited * 25);
+			return 0;
+		}
+		int status;
+		waitpid(child, &status, 0);
+		return 0;
+	}
+	if (!strcmp(mode, "swap") && argc >= 5) {
+		long counts[2][2] = { { 0, 0 }, { 0, 0 } }; /* [path][denied] */
+		long other = 0;
+		while (access(argv[2], F_OK) != 0) {
+			for (int p = 0; p < 2; p++) {
+				int err = try_open(argv[3 + p], O_RDONLY);
+				if (err == 0 || err == EPERM)
+					counts[p][err == EPERM]++;
+				else
+					other++;
+			}
+			usleep(1000);
+		}
+		printf("TYR-VM swap a_allowed=%ld a_denied=%ld b_allowed=%ld b_denied=%ld other=%ld\n", counts[0][0],
+		       counts[0][1], counts[1][0], counts[1][1], other);
+		return 0;
+	}
+	if (!strcmp(mode, "bench") && argc >= 4) {
+		long n = atol(argv[2]);
+		long long start = now_ns();
+		for (long i = 0; i < n; i++) {
+			int fd = open(argv[3], O_RDONLY);
+			if (fd >= 0)
+				close(fd);
+		}
+		long long elapsed = now_ns() - start;
+		printf("TYR-VM bench pairs=%ld ns_per_pair=%lld\n", n, n ? elapsed / n : 0);
+		return 0;
+	}
+	fprintf(stderr, "probe: unknown mode %s\n", mode);
+	return 2;
+}
