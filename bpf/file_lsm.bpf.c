@@ -42,8 +42,10 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 		return 0;
 	__u32 flags = file->f_flags;
 	__u32 kind = tyr_open_kind(flags);
+	/* One read of the policy switch for the whole operation. */
 	__u32 slot = 0;
-	bool policy = tyr_policy_in_force(&slot) != NULL;
+	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
+	bool policy = meta != NULL;
 	if (!policy && !tyr_kind_enabled(cfg, kind))
 		return 0;
 
@@ -63,15 +65,16 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 	/* Read and write intent are checked separately; the stricter wins. */
 	struct tyr_decision decision;
 	tyr_decision_none(&decision);
-	if (policy) {
+	if (meta) {
 		__u32 class = tyr_class(&rec->hdr);
 		bool reads = fmode & TYR_FMODE_READ;
 		bool writes = (fmode & TYR_FMODE_WRITE) || kind == TYR_KIND_FILE_WRITE;
 		if (reads)
-			tyr_path_decide(s, sizeof(*rec), path_len, class, TYR_ACTION_FILE_READ, &decision);
+			tyr_path_decide(s, slot, meta, sizeof(*rec), path_len, class, TYR_ACTION_FILE_READ, &decision);
 		if (writes) {
 			struct tyr_decision write_decision;
-			tyr_path_decide(s, sizeof(*rec), path_len, class, TYR_ACTION_FILE_WRITE, &write_decision);
+			tyr_path_decide(s, slot, meta, sizeof(*rec), path_len, class, TYR_ACTION_FILE_WRITE,
+					&write_decision);
 			if (reads)
 				tyr_decision_stricter(&decision, &write_decision);
 			else
@@ -113,7 +116,8 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 	if (tgid == cfg->self_tgid)
 		return 0;
 	__u32 slot = 0;
-	if (!tyr_policy_in_force(&slot))
+	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
+	if (!meta)
 		return 0; /* the exec tracepoint reports the exec */
 
 	struct tyr_scratch *s = tyr_scratch_claim();
@@ -128,7 +132,7 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
 
 	struct tyr_decision decision;
-	tyr_path_decide(s, sizeof(*rec), path_len, tyr_class(&rec->hdr), TYR_ACTION_EXEC, &decision);
+	tyr_path_decide(s, slot, meta, sizeof(*rec), path_len, tyr_class(&rec->hdr), TYR_ACTION_EXEC, &decision);
 	bool deny = decision.verdict == TYR_VERDICT_DENY;
 	struct tyr_policy_decision stored;
 	tyr_decision_store(&decision, &stored);

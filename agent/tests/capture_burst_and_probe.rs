@@ -107,7 +107,16 @@ fn probe_reports_hooks_and_the_file_open_fallback() {
         assert_eq!(lsm["attached"], false, "BPF LSM unexpectedly available: {lsm}");
     }
     assert_eq!(report["tls_capture"], true);
-    assert_eq!(report["enforce_exec"], false, "exec deny is not built yet");
+    // Exec deny stands or falls with its LSM hook, and says which.
+    let exec = hook("lsm/bprm_check_security");
+    assert_eq!(report["enforce_exec"], exec["attached"], "{exec}");
+    if exec["attached"] == false {
+        assert!(!field(exec, "error").is_empty(), "{exec}");
+    }
+    if std::env::var("TYR_EXPECT_BPF_LSM").as_deref() == Ok("no") {
+        assert_eq!(report["enforce_exec"], false);
+        assert_eq!(report["enforce_file"], false);
+    }
     assert!(report["kernel_version"].as_str().is_some_and(|v| !v.is_empty()));
     // Events say which hook served them.
     let observer = Observer::start(&["--kind", "file_read", "--pid", &std::process::id().to_string()]);

@@ -60,12 +60,15 @@ start_tyrd() {{
 stop_tyrd() {{ kill -INT $TYRD; wait $TYRD; tail -1 $log | sed 's/^/TYR-VM-COUNTERS /'; }}
 events() {{ grep '"verdict":"\(DENY\|ALERT\)"' $1 | grep '/work/' | sed 's/^/TYR-VM-EVENT /'; }}
 
+tyrd probe > /probe.json 2>/dev/null
+echo "TYR-VM probe $(grep -o '"enforce_[a-z]*": [a-z]*' /probe.json | tr -d '" ' | tr ':' '=' | tr '\n' ' ')"
 echo "TYR-VM phase name=enforce"
 cp /policy-main.yaml /policy.yaml
 start_tyrd /ev1.json /log1.txt
 probe open $W/secret/key
 probe open $W/open/file
 probe write $W/secret/key
+probe rdwr $W/secret/key
 probe exec $W/bin/forbidden
 /bin/true && echo "TYR-VM exec path=/bin/true errno=0"
 probe open $W/agent-secret/key
@@ -144,10 +147,18 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
         );
     }
 
+    // This kernel has BPF LSM: the capability report says every deny is enforceable.
+    let probe = lines.iter().find(|l| l.test == "probe").expect("probe line");
+    for capability in ["enforce_file", "enforce_exec", "enforce_net"] {
+        assert_eq!(probe.fields.get(capability).map(String::as_str), Some("true"), "{probe:?}");
+    }
+
     // Files and execs: denied ones fail with EPERM in the kernel, allowed ones work.
     assert_eq!(find(&lines, "open", "/work/secret/key").num("errno"), Some(EPERM), "{console}");
     assert_eq!(find(&lines, "open", "/work/open/file").num("errno"), Some(0));
     assert_eq!(find(&lines, "write", "/work/secret/key").num("errno"), Some(0), "alert lets the write through");
+    // Read and write: the read rule's deny is stricter than the write rule's alert.
+    assert_eq!(find(&lines, "rdwr", "/work/secret/key").num("errno"), Some(EPERM));
     assert_eq!(find(&lines, "exec", "/work/bin/forbidden").num("errno"), Some(EPERM));
     assert_eq!(find(&lines, "exec", "/bin/true").num("errno"), Some(0));
     // The overlay governs only its agent: a plain process may read what claude-code may not.

@@ -5,6 +5,7 @@
  *
  *   probe open PATH             open(PATH, O_RDONLY): the errno (0: opened)
  *   probe write PATH            open(PATH, O_WRONLY|O_CREAT)
+ *   probe rdwr PATH             open(PATH, O_RDWR)
  *   probe exec PATH             execv(PATH): the errno if it returns
  *   probe governed-child PATH [write]
  *                               wait until this process is refused PATH (its
@@ -47,8 +48,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *mode = argv[1];
-	if (!strcmp(mode, "open") || !strcmp(mode, "write")) {
-		int flags = !strcmp(mode, "open") ? O_RDONLY : (O_WRONLY | O_CREAT);
+	if (!strcmp(mode, "open") || !strcmp(mode, "write") || !strcmp(mode, "rdwr")) {
+		int flags = !strcmp(mode, "open") ? O_RDONLY : !strcmp(mode, "rdwr") ? O_RDWR : (O_WRONLY | O_CREAT);
 		printf("TYR-VM %s path=%s errno=%d\n", mode, argv[2], try_open(argv[2], flags));
 		return 0;
 	}

@@ -98,15 +98,12 @@ static __always_inline bool tyr_glob_matches(__u32 slot, __u32 glob, __u32 base,
 }
 
 /* Decides `action` (TYR_ACTION_*) for the path of `len` bytes at
- * s->rec + base, for agent class `class`, under the slot in force. */
-static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 base, __u32 len, __u32 class, __u32 action,
-					    struct tyr_decision *out)
+ * s->rec + base, for agent class `class`, under `slot` (whose metadata is
+ * `meta`): the caller reads the switch once, so every check of one
+ * operation uses the same policy. */
+static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 slot, const struct tyr_policy_slot *meta,
+					    __u32 base, __u32 len, __u32 class, __u32 action, struct tyr_decision *out)
 {
-	tyr_decision_none(out);
-	__u32 slot = 0;
-	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
-	if (!meta)
-		return;
 	tyr_decision_default(meta, out);
 
 	struct tyr_path_key *key = &s->key;
