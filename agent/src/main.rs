@@ -64,7 +64,9 @@ enum PolicyCommand {
 #[derive(Debug, Args)]
 struct ObserveArgs {
     /// Only this event kind (repeatable): file_read, file_write, exec,
-    /// net_connect, tls, exit, fork.
+    /// net_connect, tls, exit, fork. Policy decisions other than allow
+    /// (DENY, ALERT, and what policy wanted where it could not enforce) are
+    /// always shown, whatever the filters.
     #[arg(long = "kind", value_parser = parse_kind)]
     kinds: Vec<EventKind>,
     /// Only this process id (repeatable; filtered in the kernel).
@@ -90,10 +92,15 @@ struct ObserveArgs {
     /// Also write every raw kernel record to this file (u32 length + bytes).
     #[arg(long)]
     record_raw: Option<PathBuf>,
-    /// Enforce this policy file in the kernel (connect rules today); SIGHUP reloads it.
+    /// Enforce this policy file: connect rules in the kernel, file and exec
+    /// rules in the kernel where BPF LSM is available (reported as not
+    /// enforced elsewhere), TLS rules in userspace. SIGHUP reloads it.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// What happens to processes no known agent signature claims.
+    /// What happens to unregistered agents (agent signals, no known agent
+    /// matched): audit (the base policy), quarantine (the built-in strict
+    /// policy), deny (every governed operation refused). Enforced with or
+    /// without --policy.
     #[arg(long, env = "TYR_UNREGISTERED_AGENTS", value_enum, default_value_t = UnregisteredAgents::Audit)]
     unregistered_agents: UnregisteredAgents,
 }

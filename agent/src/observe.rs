@@ -33,7 +33,7 @@ use crate::pipeline::event_builder::EventBuilder;
 use crate::pipeline::process_cache::ProcessCache;
 use crate::pipeline::seq::SeqAllocator;
 use tyr_common::policy::unregistered::{Restriction, with_unregistered};
-use tyr_common::policy::{compile, parse_policy};
+use tyr_common::policy::{Policy, PolicySet, Verdict as PolicyVerdict, compile, parse_policy};
 
 /// Records consumed between checks for signals and reloads.
 const CONSUME_BATCH: usize = 4096;
@@ -74,7 +74,9 @@ pub struct ObserveOptions {
 
 /// A local policy file and the installer that puts it in force.
 struct LocalPolicy {
-    path: PathBuf,
+    /// The policy file; None: no file, only the unregistered-agents
+    /// restriction over an allow-everything base.
+    path: Option<PathBuf>,
     installer: PolicyInstaller,
     version: i64,
     /// The unregistered-agents overlay added to the file's policy.
@@ -85,10 +87,19 @@ impl LocalPolicy {
     /// Reads, validates, compiles and installs the file; on any error the
     /// policy in force (if any) stays.
     fn load(&mut self) -> anyhow::Result<i64> {
-        let source = std::fs::read_to_string(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
-        let name =
-            self.path.file_name().map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let mut set = parse_policy(&name, &source)?;
+        let mut set = match &self.path {
+            Some(path) => {
+                let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let name =
+                    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                parse_policy(&name, &source)?
+            }
+            None => PolicySet {
+                name: "no policy file".to_owned(),
+                base: Policy { default_verdict: PolicyVerdict::Allow, rules: Vec::new() },
+                overlays: Default::default(),
+            },
+        };
         if let Some(restriction) = self.restriction {
             set = with_unregistered(&set, restriction)?;
         }
@@ -222,25 +233,24 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     };
 
     let mut capture_config = options.capture.clone();
-    capture_config.enforce = options.policy.is_some();
+    // A policy file, or unregistered agents to restrict, need the enforcing hooks.
+    let restriction = options.unregistered_agents.restriction();
+    capture_config.enforce = options.policy.is_some() || restriction.is_some();
     let capture = Capture::start(&capture_config).context("starting kernel capture")?;
-    let mut local_policy = match &options.policy {
-        Some(path) => {
-            let maps =
-                capture.policy_maps()?.context("no enforcing hook attached: nothing could enforce the policy")?;
-            let installer = PolicyInstaller::new(maps);
-            if !installer.enforces_paths() {
-                eprintln!(
-                    "tyrd: file and exec rules cannot be enforced on this kernel (no BPF LSM): they are evaluated in userspace and reported with enforced=false"
-                );
-            }
-            let restriction = options.unregistered_agents.restriction();
-            let mut policy = LocalPolicy { path: path.clone(), installer, version: 0, restriction };
-            let version = policy.load()?;
-            eprintln!("tyrd: policy version {version} in force");
-            Some(policy)
+    let mut local_policy = if capture_config.enforce {
+        let maps = capture.policy_maps()?.context("no enforcing hook attached: nothing could enforce the policy")?;
+        let installer = PolicyInstaller::new(maps);
+        if !installer.enforces_paths() {
+            eprintln!(
+                "tyrd: file and exec rules cannot be enforced on this kernel (no BPF LSM): they are evaluated in userspace and reported with enforced=false"
+            );
         }
-        None => None,
+        let mut policy = LocalPolicy { path: options.policy.clone(), installer, version: 0, restriction };
+        let version = policy.load()?;
+        eprintln!("tyrd: policy version {version} in force");
+        Some(policy)
+    } else {
+        None
     };
     for hook in capture.capabilities().hooks.iter().filter(|h| !h.attached) {
         let fallback = if hook.fallback.is_empty() { "none".to_owned() } else { hook.fallback.clone() };

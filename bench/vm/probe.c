@@ -11,12 +11,18 @@
  *                               wait until this process is refused PATH (its
  *                               agent was classified), then fork: does the
  *                               child's very first open of PATH fail too?
+ *   probe connect IP PORT       connect() a UDP socket to IPv4 IP:PORT: the errno
+ *   probe governed-connect IP PORT
+ *                               as governed-child, for a UDP connect()
  *   probe swap STOPFILE A B     open A, open B, pause 1 ms, ... until STOPFILE
  *                               exists; counts per path and result (paced
  *                               so tyrd, emulated, keeps up with the events)
  *   probe bench N PATH          N open()+close() of PATH: ns per pair
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +38,19 @@ static int try_open(const char *path, int flags)
 		return errno;
 	close(fd);
 	return 0;
+}
+
+static int try_connect(const char *ip, const char *port)
+{
+	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(port)) };
+	if (inet_pton(AF_INET, ip, &addr.sin_addr) != 1)
+		return EINVAL;
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0)
+		return errno;
+	int err = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) ? errno : 0;
+	close(fd);
+	return err;
 }
 
 static long long now_ns(void)
@@ -74,6 +93,29 @@ int main(int argc, char **argv)
 			/* The child's first syscall after fork. */
 			int err = try_open(argv[2], flags);
 			printf("TYR-VM governed-child path=%s parent_errno=%d child_errno=%d child_pid=%d waited_ms=%d\n",
+			       argv[2], parent, err, getpid(), waited * 25);
+			return 0;
+		}
+		int status;
+		waitpid(child, &status, 0);
+		return 0;
+	}
+	if (!strcmp(mode, "connect") && argc >= 4) {
+		printf("TYR-VM connect ip=%s errno=%d\n", argv[2], try_connect(argv[2], argv[3]));
+		return 0;
+	}
+	if (!strcmp(mode, "governed-connect") && argc >= 4) {
+		int waited = 0;
+		while (try_connect(argv[2], argv[3]) != ECONNREFUSED && waited < 400) {
+			usleep(25000);
+			waited++;
+		}
+		int parent = try_connect(argv[2], argv[3]);
+		fflush(stdout);
+		pid_t child = fork();
+		if (child == 0) {
+			int err = try_connect(argv[2], argv[3]);
+			printf("TYR-VM governed-connect ip=%s parent_errno=%d child_errno=%d child_pid=%d waited_ms=%d\n",
 			       argv[2], parent, err, getpid(), waited * 25);
 			return 0;
 		}
