@@ -328,7 +328,11 @@ impl AgentTracker {
     fn reclassify(&mut self, pid: u32, state: &mut ProcState) {
         let own = agents::classify(&state.fingerprint);
         state.label = None;
-        if own.is_confident() {
+        // Under quarantine or deny an unregistered agent stays restricted,
+        // whatever it or its children exec next: exec'ing a known agent's
+        // binary is no way out (an operator registers it instead).
+        let restricted = state.unregistered && self.unregistered.restriction().is_some();
+        if own.is_confident() && !restricted {
             let index = self.registry.discover(
                 own.agent_type,
                 &identity(&state.fingerprint),
@@ -417,6 +421,32 @@ fn build_label(registry: &Registry, state: &ProcState, unknown: &AgentLabel) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restricted_unregistered_agent_cannot_exec_its_way_out() {
+        let mut t = AgentTracker::new(
+            Registry::in_memory(),
+            None,
+            None,
+            PathBuf::from("/nonexistent"),
+            UnregisteredAgents::Quarantine,
+        );
+        // Only a name: a weak candidate, so an unregistered agent.
+        t.on_exec(20, 1, "/opt/tools/cursor", &argv(&["cursor"]), 0);
+        assert!(t.label(20, 0).metadata.iter().any(|(k, v)| *k == UNREGISTERED_AGENT && &**v == "true"));
+        // Its child execs a confidently known agent: still unregistered.
+        t.on_fork(20, 21, 0);
+        t.on_exec(21, 20, "/usr/bin/node", &argv(&["node", "/opt/@anthropic-ai/claude-code/cli.js"]), 0);
+        let child = t.label(21, 0);
+        assert_eq!(child.agent_type, UNKNOWN, "{child:?}");
+        assert!(child.metadata.iter().any(|(k, _)| *k == UNREGISTERED_AGENT));
+        // Under audit the same child is claude-code.
+        let mut audit = AgentTracker::detached();
+        audit.on_exec(20, 1, "/opt/tools/cursor", &argv(&["cursor"]), 0);
+        audit.on_fork(20, 21, 0);
+        audit.on_exec(21, 20, "/usr/bin/node", &argv(&["node", "/opt/@anthropic-ai/claude-code/cli.js"]), 0);
+        assert_eq!(audit.label(21, 0).agent_type, "claude-code");
+    }
 
     fn argv(args: &[&str]) -> Vec<u8> {
         args.iter().flat_map(|a| a.bytes().chain([0])).collect()
