@@ -53,6 +53,43 @@ static int try_connect(const char *ip, const char *port)
 	return err;
 }
 
+/* An open (path, flags) or a UDP connect (ip, port). */
+struct operation {
+	const char *path;
+	int flags;
+	const char *ip;
+	const char *port;
+};
+
+static int attempt(const struct operation *op)
+{
+	return op->path ? try_open(op->path, op->flags) : try_connect(op->ip, op->port);
+}
+
+/* Waits (up to 10 s) until this process is refused `op` with `refused` —
+ * tyrd has classified it — then forks: is the child's very first syscall
+ * refused too? Prints one line, "TYR-VM <test> <key>=<value> ...". */
+static int governed(const char *test, const char *key, const char *value, const struct operation *op, int refused)
+{
+	int waited = 0;
+	while (attempt(op) != refused && waited < 400) {
+		usleep(25000);
+		waited++;
+	}
+	int parent = attempt(op);
+	fflush(stdout);
+	pid_t child = fork();
+	if (child == 0) {
+		int err = attempt(op); /* the child's first syscall after fork */
+		printf("TYR-VM %s %s=%s parent_errno=%d child_errno=%d child_pid=%d waited_ms=%d\n", test, key, value,
+		       parent, err, getpid(), waited * 25);
+		return 0;
+	}
+	int status;
+	waitpid(child, &status, 0);
+	return 0;
+}
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -63,7 +100,7 @@ static long long now_ns(void)
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
-		fprintf(stderr, "usage: probe open|write|exec|governed-child|swap|bench ...\n");
+		fprintf(stderr, "usage: probe open|write|rdwr|exec|connect|governed-child|governed-connect|swap|bench ...\n");
 		return 2;
 	}
 	const char *mode = argv[1];
@@ -80,48 +117,17 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(mode, "governed-child")) {
-		int flags = argc > 3 && !strcmp(argv[3], "write") ? (O_WRONLY | O_CREAT) : O_RDONLY;
-		int waited = 0;
-		while (try_open(argv[2], flags) != EPERM && waited < 400) {
-			usleep(25000);
-			waited++;
-		}
-		int parent = try_open(argv[2], flags);
-		fflush(stdout);
-		pid_t child = fork();
-		if (child == 0) {
-			/* The child's first syscall after fork. */
-			int err = try_open(argv[2], flags);
-			printf("TYR-VM governed-child path=%s parent_errno=%d child_errno=%d child_pid=%d waited_ms=%d\n",
-			       argv[2], parent, err, getpid(), waited * 25);
-			return 0;
-		}
-		int status;
-		waitpid(child, &status, 0);
-		return 0;
+		struct operation op = { .path = argv[2] };
+		op.flags = argc > 3 && !strcmp(argv[3], "write") ? (O_WRONLY | O_CREAT) : O_RDONLY;
+		return governed("governed-child", "path", argv[2], &op, EPERM);
 	}
 	if (!strcmp(mode, "connect") && argc >= 4) {
 		printf("TYR-VM connect ip=%s errno=%d\n", argv[2], try_connect(argv[2], argv[3]));
 		return 0;
 	}
 	if (!strcmp(mode, "governed-connect") && argc >= 4) {
-		int waited = 0;
-		while (try_connect(argv[2], argv[3]) != ECONNREFUSED && waited < 400) {
-			usleep(25000);
-			waited++;
-		}
-		int parent = try_connect(argv[2], argv[3]);
-		fflush(stdout);
-		pid_t child = fork();
-		if (child == 0) {
-			int err = try_connect(argv[2], argv[3]);
-			printf("TYR-VM governed-connect ip=%s parent_errno=%d child_errno=%d child_pid=%d waited_ms=%d\n",
-			       argv[2], parent, err, getpid(), waited * 25);
-			return 0;
-		}
-		int status;
-		waitpid(child, &status, 0);
-		return 0;
+		struct operation op = { .ip = argv[2], .port = argv[3] };
+		return governed("governed-connect", "ip", argv[2], &op, ECONNREFUSED);
 	}
 	if (!strcmp(mode, "swap") && argc >= 5) {
 		long counts[2][2] = { { 0, 0 }, { 0, 0 } }; /* [path][denied] */

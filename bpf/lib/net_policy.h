@@ -4,30 +4,12 @@
 
 #include "policy.h"
 
-#define TYR_NET_TRIE(name, key_type)                  \
-	struct {                                      \
-		__uint(type, BPF_MAP_TYPE_LPM_TRIE);  \
-		__uint(max_entries, 16384);           \
-		__uint(map_flags, BPF_F_NO_PREALLOC); \
-		__type(key, key_type);                \
-		__type(value, __u32);                 \
-	} name SEC(".maps")
-
-TYR_NET_TRIE(tyr_net4_slot0, struct tyr_net_key4);
-TYR_NET_TRIE(tyr_net4_slot1, struct tyr_net_key4);
-TYR_NET_TRIE(tyr_net6_slot0, struct tyr_net_key6);
-TYR_NET_TRIE(tyr_net6_slot1, struct tyr_net_key6);
-
-#define TYR_NET_LISTS(name)                                 \
-	struct {                                            \
-		__uint(type, BPF_MAP_TYPE_ARRAY);           \
-		__uint(max_entries, TYR_POLICY_LISTS);      \
-		__type(key, __u32);                         \
-		__type(value, struct tyr_net_candidates);   \
-	} name SEC(".maps")
-
-TYR_NET_LISTS(tyr_net_lists_slot0);
-TYR_NET_LISTS(tyr_net_lists_slot1);
+TYR_POLICY_TRIE(tyr_net4_slot0, struct tyr_net_key4);
+TYR_POLICY_TRIE(tyr_net4_slot1, struct tyr_net_key4);
+TYR_POLICY_TRIE(tyr_net6_slot0, struct tyr_net_key6);
+TYR_POLICY_TRIE(tyr_net6_slot1, struct tyr_net_key6);
+TYR_POLICY_ARRAY(tyr_net_lists_slot0, struct tyr_net_candidates, TYR_POLICY_LISTS);
+TYR_POLICY_ARRAY(tyr_net_lists_slot1, struct tyr_net_candidates, TYR_POLICY_LISTS);
 
 static __always_inline bool tyr_port_in(const struct tyr_net_candidate *c, __u16 port)
 {

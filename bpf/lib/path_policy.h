@@ -8,39 +8,12 @@
 #include "policy.h"
 #include "path.h"
 
-#define TYR_PATH_TRIE(name)                           \
-	struct {                                      \
-		__uint(type, BPF_MAP_TYPE_LPM_TRIE);  \
-		__uint(max_entries, 16384);           \
-		__uint(map_flags, BPF_F_NO_PREALLOC); \
-		__type(key, struct tyr_path_key);     \
-		__type(value, __u32);                 \
-	} name SEC(".maps")
-
-TYR_PATH_TRIE(tyr_path_slot0);
-TYR_PATH_TRIE(tyr_path_slot1);
-
-#define TYR_PATH_LISTS(name)                                \
-	struct {                                            \
-		__uint(type, BPF_MAP_TYPE_ARRAY);           \
-		__uint(max_entries, TYR_POLICY_LISTS);      \
-		__type(key, __u32);                         \
-		__type(value, struct tyr_path_candidates);  \
-	} name SEC(".maps")
-
-TYR_PATH_LISTS(tyr_path_lists_slot0);
-TYR_PATH_LISTS(tyr_path_lists_slot1);
-
-#define TYR_GLOBS(name)                               \
-	struct {                                      \
-		__uint(type, BPF_MAP_TYPE_ARRAY);     \
-		__uint(max_entries, TYR_POLICY_GLOBS); \
-		__type(key, __u32);                   \
-		__type(value, struct tyr_glob);       \
-	} name SEC(".maps")
-
-TYR_GLOBS(tyr_globs_slot0);
-TYR_GLOBS(tyr_globs_slot1);
+TYR_POLICY_TRIE(tyr_path_slot0, struct tyr_path_key);
+TYR_POLICY_TRIE(tyr_path_slot1, struct tyr_path_key);
+TYR_POLICY_ARRAY(tyr_path_lists_slot0, struct tyr_path_candidates, TYR_POLICY_LISTS);
+TYR_POLICY_ARRAY(tyr_path_lists_slot1, struct tyr_path_candidates, TYR_POLICY_LISTS);
+TYR_POLICY_ARRAY(tyr_globs_slot0, struct tyr_glob, TYR_POLICY_GLOBS);
+TYR_POLICY_ARRAY(tyr_globs_slot1, struct tyr_glob, TYR_POLICY_GLOBS);
 
 /* A glob run over the path at s->rec + base. */
 struct tyr_glob_run {

@@ -4,6 +4,25 @@
 
 #include "common.h"
 
+/* A policy slot's prefix trie (value: index of a candidate list). */
+#define TYR_POLICY_TRIE(name, key_type)               \
+	struct {                                      \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);  \
+		__uint(max_entries, 16384);           \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__type(key, key_type);                \
+		__type(value, __u32);                 \
+	} name SEC(".maps")
+
+/* A policy slot's array of candidate lists or glob automata. */
+#define TYR_POLICY_ARRAY(name, value_type, entries) \
+	struct {                                    \
+		__uint(type, BPF_MAP_TYPE_ARRAY);   \
+		__uint(max_entries, entries);       \
+		__type(key, __u32);                 \
+		__type(value, value_type);          \
+	} name SEC(".maps")
+
 /* The outcome of a policy decision. */
 struct tyr_decision {
 	__u64 version;

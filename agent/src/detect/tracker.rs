@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lru::LruCache;
 use tyr_common::agents::{self, Classification, Fingerprint, KNOWN_AGENTS, Matcher, UNKNOWN};
-use tyr_common::policy::compile::UNREGISTERED_CLASS;
+use tyr_common::policy::compile::{UNREGISTERED_CLASS, class_of};
 use tyr_common::policy::unregistered::Restriction;
 
 use super::environ::read_marker_names;
@@ -130,11 +130,6 @@ pub struct AgentTracker {
     unknown_label: Arc<AgentLabel>,
     /// Kernel map writes that failed.
     pub kernel_update_failures: u64,
-}
-
-/// 1 + the agent type's index in the known-agent table (0: none).
-fn type_class(agent_type: &str) -> u32 {
-    KNOWN_AGENTS.iter().position(|a| a.agent_type == agent_type).map_or(0, |i| i as u32 + 1)
 }
 
 /// Is `path`'s file name an interpreter (`python3.11`, `node`, ...)?
@@ -363,7 +358,7 @@ impl AgentTracker {
     }
 
     fn write_kernel(&mut self, pid: u32, index: u32) {
-        let agent_type = self.registry.by_index(index).map_or(0, |a| type_class(&a.agent_type));
+        let agent_type = self.registry.by_index(index).and_then(|a| class_of(&a.agent_type)).unwrap_or(0);
         self.write_kernel_class(pid, index, agent_type);
     }
 

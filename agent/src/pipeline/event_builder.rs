@@ -194,20 +194,22 @@ impl EventBuilder {
     /// policy wanted and that it was not enforced, so an allowed operation
     /// is never mistaken for a policy decision.
     fn report_unenforced(&self, event: &mut Event, kind: EventKind) {
-        let Some((version, policy)) = self.policies.in_force() else { return };
-        let port = event.metadata.get("remote_port").and_then(|p| p.parse().ok());
-        let addr = event.metadata.get("remote_ip").and_then(|a| a.parse().ok());
         let request = match kind {
             EventKind::Exec => Request::Exec { path: &event.resource },
             EventKind::FileRead | EventKind::FileWrite => {
                 Request::File { write: kind == EventKind::FileWrite, path: &event.resource }
             }
-            EventKind::Tls => match (event.metadata.get("sni"), addr, port) {
+            EventKind::Tls => match (
+                event.metadata.get("sni"),
+                event.metadata.get("remote_ip").and_then(|a| a.parse().ok()),
+                event.metadata.get("remote_port").and_then(|p| p.parse().ok()),
+            ) {
                 (Some(server_name), Some(addr), Some(port)) => Request::Tls { server_name, addr, port },
                 _ => return,
             },
             _ => return,
         };
+        let Some((version, policy)) = self.policies.in_force() else { return };
         // Unregistered agents are governed by their own overlay.
         let unregistered = event.metadata.get(UNREGISTERED_AGENT).is_some_and(|v| v == "true");
         let agent_type = if unregistered { UNREGISTERED } else { event.agent_type.as_str() };

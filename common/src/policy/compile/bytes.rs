@@ -127,28 +127,17 @@ impl CompiledPolicy {
                 Ok(rule)
             }
         };
-        let mut net_lists = Vec::new();
-        for _ in 0..r.count(2)? {
-            let count = r.u16()? as usize;
-            if count > MAX_CANDIDATES {
-                return Err(CompileError::Malformed("candidate list too long"));
+        let net_lists = r.lists(MAX_CANDIDATES, |r| {
+            let rule = rule_index(r.u32()?)?;
+            let verdict = verdict_from(r.u8()?)?;
+            let nports = r.u8()? as usize;
+            if nports > MAX_PORT_RANGES {
+                return Err(CompileError::Malformed("too many port ranges"));
             }
-            let mut list = Vec::with_capacity(count);
-            for _ in 0..count {
-                let rule = rule_index(r.u32()?)?;
-                let verdict = verdict_from(r.u8()?)?;
-                let nports = r.u8()? as usize;
-                if nports > MAX_PORT_RANGES {
-                    return Err(CompileError::Malformed("too many port ranges"));
-                }
-                let mut ports = Vec::with_capacity(nports);
-                for _ in 0..nports {
-                    ports.push(PortRange { first: r.u16()?, last: r.u16()? });
-                }
-                list.push(NetCandidate { rule, verdict, ports });
-            }
-            net_lists.push(list);
-        }
+            let ports =
+                (0..nports).map(|_| Ok(PortRange { first: r.u16()?, last: r.u16()? })).collect::<Result<_, _>>()?;
+            Ok(NetCandidate { rule, verdict, ports })
+        })?;
         let mut net_prefixes = Vec::new();
         for _ in 0..r.count(10)? {
             let family = r.u8()?;
@@ -159,10 +148,7 @@ impl CompiledPolicy {
                 6 if prefix <= 128 => IpAddr::from(r.array::<16>()?),
                 _ => return Err(CompileError::Malformed("prefix family or length")),
             };
-            let list = r.u32()?;
-            if list as usize >= net_lists.len() {
-                return Err(CompileError::Malformed("prefix names no list"));
-            }
+            let list = list_of(r.u32()?, net_lists.len())?;
             net_prefixes.push(NetPrefix { class, cidr: Cidr { addr, prefix }, list });
         }
         let mut globs = Vec::new();
@@ -173,31 +159,22 @@ impl CompiledPolicy {
             }
             globs.push(glob);
         }
-        let mut path_lists = Vec::new();
-        for _ in 0..r.count(2)? {
-            let count = r.u16()? as usize;
-            if count > MAX_PATH_CANDIDATES {
-                return Err(CompileError::Malformed("candidate list too long"));
-            }
-            let mut list = Vec::with_capacity(count);
-            for _ in 0..count {
-                let rule = rule_index(r.u32()?)?;
-                let verdict = verdict_from(r.u8()?)?;
-                let code = r.u8()?;
-                let len = r.u16()?;
-                let glob = r.u32()?;
-                let matcher = match code {
-                    1 => PathMatch::Prefix,
-                    2 => PathMatch::Exact { len },
-                    3 if (glob as usize) < globs.len() && usize::from(len) <= PATH_KEY_BYTES => {
-                        PathMatch::Glob { start: len, glob }
-                    }
-                    _ => return Err(CompileError::Malformed("path candidate")),
-                };
-                list.push(PathCandidate { rule, verdict, matcher });
-            }
-            path_lists.push(list);
-        }
+        let path_lists = r.lists(MAX_PATH_CANDIDATES, |r| {
+            let rule = rule_index(r.u32()?)?;
+            let verdict = verdict_from(r.u8()?)?;
+            let code = r.u8()?;
+            let len = r.u16()?;
+            let glob = r.u32()?;
+            let matcher = match code {
+                1 => PathMatch::Prefix,
+                2 => PathMatch::Exact { len },
+                3 if (glob as usize) < globs.len() && usize::from(len) <= PATH_KEY_BYTES => {
+                    PathMatch::Glob { start: len, glob }
+                }
+                _ => return Err(CompileError::Malformed("path candidate")),
+            };
+            Ok(PathCandidate { rule, verdict, matcher })
+        })?;
         let mut path_prefixes = Vec::new();
         for _ in 0..r.count(11)? {
             let class = r.u32()?;
@@ -209,10 +186,7 @@ impl CompiledPolicy {
             if bytes.len() > PATH_KEY_BYTES {
                 return Err(CompileError::Malformed("path prefix too long"));
             }
-            let list = r.u32()?;
-            if list as usize >= path_lists.len() {
-                return Err(CompileError::Malformed("prefix names no list"));
-            }
+            let list = list_of(r.u32()?, path_lists.len())?;
             path_prefixes.push(PathPrefix { class, action, bytes, list });
         }
         if !r.bytes.is_empty() {
@@ -220,6 +194,11 @@ impl CompiledPolicy {
         }
         Ok(Self { version, default_verdict, rules, net_lists, net_prefixes, globs, path_lists, path_prefixes })
     }
+}
+
+/// A prefix's list index, checked against the lists read.
+fn list_of(list: u32, lists: usize) -> Result<u32, CompileError> {
+    if (list as usize) < lists { Ok(list) } else { Err(CompileError::Malformed("prefix names no list")) }
 }
 
 struct Writer(Vec<u8>);
@@ -266,6 +245,23 @@ impl<'a> Reader<'a> {
     fn text(&mut self) -> Result<&'a [u8], CompileError> {
         let len = self.u16()? as usize;
         self.take(len)
+    }
+    /// A u32 count of candidate lists, each a u16 count (at most `max`)
+    /// of items read by `item`.
+    fn lists<T>(
+        &mut self,
+        max: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, CompileError>,
+    ) -> Result<Vec<Vec<T>>, CompileError> {
+        let mut lists = Vec::new();
+        for _ in 0..self.count(2)? {
+            let count = self.u16()? as usize;
+            if count > max {
+                return Err(CompileError::Malformed("candidate list too long"));
+            }
+            lists.push((0..count).map(|_| item(self)).collect::<Result<_, _>>()?);
+        }
+        Ok(lists)
     }
     /// A u32 count whose items take at least `min_item` bytes each: a count
     /// the remaining input cannot hold is refused before allocating.
