@@ -36,13 +36,19 @@ static __always_inline int tyr_open_enter(__s32 dfd, const char *filename, __u32
 	if (!cfg)
 		return 0;
 	__u32 kind = tyr_open_kind(flags);
-	if (!tyr_kind_enabled(cfg, kind))
-		return 0;
-	char comm[TYR_COMM_LEN];
-	bpf_get_current_comm(comm, sizeof(comm));
-	if (!tyr_process_selected(cfg, bpf_get_current_pid_tgid() >> 32, comm))
-		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
+	if (cfg->policy_unfiltered) {
+		/* tyrd decides file policy from these records: every open counts. */
+		if ((__u32)(id >> 32) == cfg->self_tgid)
+			return 0;
+	} else {
+		if (!tyr_kind_enabled(cfg, kind))
+			return 0;
+		char comm[TYR_COMM_LEN];
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!tyr_process_selected(cfg, id >> 32, comm))
+			return 0;
+	}
 	struct tyr_open_args args = {
 		.filename = filename,
 		.dfd = dfd,

@@ -30,7 +30,7 @@ SEC("cgroup_skb/egress")
 int tyr_tls_egress(struct __sk_buff *skb)
 {
 	struct tyr_config *cfg = tyr_config();
-	if (!cfg || !tyr_kind_enabled(cfg, TYR_KIND_TLS))
+	if (!cfg || !(cfg->policy_unfiltered || tyr_kind_enabled(cfg, TYR_KIND_TLS)))
 		return 1;
 
 	__u8 remote[16] = {};
@@ -69,10 +69,16 @@ int tyr_tls_egress(struct __sk_buff *skb)
 
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct tyr_sock_owner *owner = bpf_map_lookup_elem(&tyr_sock_owners, &cookie);
-	if (owner && !tyr_process_selected(cfg, owner->pid, owner->comm))
+	if (cfg->policy_unfiltered) {
+		/* tyrd decides TLS policy from these records: every ClientHello counts. */
+		if (owner && owner->pid == cfg->self_tgid)
+			return 1;
+	} else if (owner) {
+		if (!tyr_process_selected(cfg, owner->pid, owner->comm))
+			return 1;
+	} else if (cfg->filter_pid || cfg->filter_comm) {
 		return 1;
-	if (!owner && (cfg->filter_pid || cfg->filter_comm))
-		return 1;
+	}
 	if (!tyr_ring_has_room(cfg)) {
 		tyr_count_lost(TYR_KIND_TLS);
 		return 1;

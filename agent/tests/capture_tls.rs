@@ -113,3 +113,47 @@ fn sni_from_openssl_rustls_and_python() {
     let observed = observer.stop();
     assert_eq!(observed.counters["tls_unparsed"], 0);
 }
+
+/// TLS rules are decided in userspace from every ClientHello, whatever the
+/// filters: under the product pages' SNI policy, with only execs of another
+/// command selected, a handshake to an unapproved name is reported as a
+/// would-be DENY (TLS cannot be refused once the hello is sent), and one to
+/// an approved provider, a plain allow, is not printed.
+#[test]
+fn tls_rules_are_decided_whatever_the_filters() {
+    let (port, _cert) = tls_server();
+    let dir = std::env::temp_dir().join(support::marker("tyr-tls-policy-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "- name: only-approved-llm-providers\n  action: tls_connect\n  sni_pattern: \"*.openai.com|*.anthropic.com|api.mistral.ai\"\n  verdict: allow\n  severity: low\n\
+         - name: block-unknown-llm-destinations\n  action: tls_connect\n  verdict: deny\n  severity: high\n",
+    )
+    .expect("policy");
+    let observer =
+        Observer::start(&["--kind", "exec", "--comm", "no-such-comm", "--policy", policy.to_str().expect("utf-8")]);
+
+    let curl = |name: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "--resolve", &format!("{name}:{port}:127.0.0.1")])
+            .arg(format!("https://{name}:{port}/"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "TLS rules cannot refuse a handshake: {out:?}");
+    };
+    curl(SNI);
+    curl("evil.example.com");
+
+    let denied = observer.wait_for("unapproved TLS", |e| field(e, "resource") == "evil.example.com");
+    let observed = observer.stop();
+    assert_eq!(field(&denied, "kind"), "TLS");
+    assert_eq!(field(&denied, "verdict"), "ALLOW", "the handshake went through");
+    assert_eq!(meta(&denied, "policy_verdict"), "DENY");
+    assert_eq!(meta(&denied, "enforced"), "false");
+    assert_eq!(meta(&denied, "rule"), "block-unknown-llm-destinations");
+    assert_eq!(field(&denied, "severity"), "HIGH");
+    let approved = observed.events.iter().find(|e| field(e, "resource") == SNI);
+    assert!(approved.is_none(), "a plain allow outside the filters was printed: {approved:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -249,6 +249,9 @@ struct tyr_config {
 	__u32 filter_comm;     /* nonzero: only processes whose comm is in tyr_filter_comms */
 	__u32 filter_pid;      /* nonzero: only processes in tyr_filter_pids */
 	__u32 self_tgid;       /* tyrd itself, never traced */
+	__u32 policy_unfiltered; /* nonzero: the open tracepoints and TLS capture ignore the kind,
+				  * comm and pid filters: tyrd decides policy from their records */
+	__u32 reserved;
 	__u64 ring_size;       /* bytes of the tyr_events ring */
 	__u64 ring_headroom;   /* space kept for process lifecycle records */
 };

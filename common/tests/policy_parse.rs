@@ -172,3 +172,53 @@ fn every_problem_is_reported_not_only_the_first() {
     .expect_err("two bad rules");
     assert_eq!(errors.0.len(), 2, "{errors}");
 }
+
+#[test]
+fn unknown_names_suggest_what_was_meant() {
+    let cases = [
+        ("default: deny\nrules: []\n", "did you mean `default_verdict`?"),
+        ("- name: a\n  action: file_read\n  path: [\"/etc/\"]\n  verdict: deny\n", "did you mean `paths`?"),
+        ("- name: a\n  action: net_connect\n  cidr: [\"10.0.0.0/8\"]\n  verdict: deny\n", "`cidr_deny`, `cidr_allow`"),
+        ("overlays:\n  claude: []\n", "did you mean `claude-code`?"),
+    ];
+    for (source, expected) in cases {
+        let errors = parse_policy("typo.yaml", source).expect_err(source);
+        assert!(errors.to_string().contains(expected), "{source:?}: {errors}");
+    }
+    let errors = parse_policy("typo.yaml", "rules: []\nzzzzzzzz: 1\n").expect_err("unknown field");
+    assert!(!errors.to_string().contains("did you mean"), "{errors}");
+    assert!(errors.to_string().contains("policy fields: name, description, default_verdict"), "{errors}");
+}
+
+/// The example policies shipped in `deploy/policies/` parse, compile to
+/// kernel entries and Cedar, and decide as their comments say.
+#[test]
+fn shipped_example_policies_compile_and_decide() {
+    use tyr_common::policy::compile::{UNKNOWN_CLASS, class_of};
+    use tyr_common::policy::{CedarEvaluator, compile, to_cedar};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policies");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/policies") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read policy");
+        let set = parse_policy(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+        compile(&set, 1).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        CedarEvaluator::new(&to_cedar(&set, 1)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 1, "no policies in {}", dir.display());
+
+    let text = std::fs::read_to_string(dir.join("example.yaml")).expect("example.yaml");
+    let set = parse_policy("example.yaml", &text).expect("example parses");
+    let compiled = compile(&set, 7).expect("example compiles");
+    let base = UNKNOWN_CLASS;
+    let path = |p: &str| compiled.decide_path(base, Action::FileRead, p.as_bytes()).0;
+    assert_eq!(path("/home/dev/.ssh/id_ed25519"), Verdict::Deny);
+    assert_eq!(path("/home/dev/.ssh/known_hosts"), Verdict::Allow);
+    let cursor = class_of("cursor").expect("cursor class");
+    let history = compiled.decide_path(cursor, Action::FileRead, b"/home/dev/.bash_history").0;
+    assert_eq!(history, Verdict::Deny);
+    assert_eq!(compiled.decide_connect(base, ip("169.254.169.254"), 80).0, Verdict::Deny);
+    assert_eq!(compiled.decide_connect(base, ip("127.0.0.1"), 80).0, Verdict::Allow);
+}

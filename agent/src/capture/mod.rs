@@ -42,7 +42,10 @@ pub struct CaptureConfig {
     pub pids: Vec<u32>,
     /// Bytes of the ring buffer (a power of two, at least one page).
     pub ring_bytes: u32,
-    /// Load the enforcing hooks (connect) even when their events are not wanted.
+    /// Enforce policy: load the enforcing hooks (connect, BPF LSM) even when
+    /// their events are not wanted, and let the hooks whose records policy is
+    /// decided from in userspace (TLS; file opens without BPF LSM) see
+    /// every process, whatever the filters.
     pub enforce: bool,
 }
 
@@ -315,12 +318,13 @@ impl Capture {
             attacher.attach(hook, Ok(link));
         }
 
-        let wants_files = config.kinds.contains(Kind::FileRead) || config.kinds.contains(Kind::FileWrite);
-        let (file_lsm, file_syscalls) = if wants_files || config.enforce {
-            load_file_hooks(&shared, &mut attacher, wants_files)
-        } else {
-            (None, None)
-        };
+        // Enforcing, tyrd decides TLS policy (and file policy without BPF
+        // LSM) in userspace, so those hooks load and see everything whatever
+        // the filters: decisions are always reported.
+        let wants_files =
+            config.enforce || config.kinds.contains(Kind::FileRead) || config.kinds.contains(Kind::FileWrite);
+        let (file_lsm, file_syscalls) =
+            if wants_files { load_file_hooks(&shared, &mut attacher) } else { (None, None) };
 
         let wants_net = config.enforce || config.kinds.contains(Kind::NetConnect) || config.kinds.contains(Kind::Tls);
         let cgroup = if wants_net { Some(open_cgroup_root(&host)?) } else { None };
@@ -329,7 +333,7 @@ impl Capture {
             None => None,
         };
         let tls = match &cgroup {
-            Some(root) if config.kinds.contains(Kind::Tls) => load_tls(&shared, root, &mut attacher),
+            Some(root) if config.enforce || config.kinds.contains(Kind::Tls) => load_tls(&shared, root, &mut attacher),
             _ => None,
         };
 
@@ -482,6 +486,9 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
         filter_comm: u32::from(!config.comms.is_empty()),
         filter_pid: u32::from(!config.pids.is_empty()),
         self_tgid: std::process::id(),
+        // Policy decided in userspace needs every record it decides from.
+        policy_unfiltered: u32::from(config.enforce),
+        reserved: 0,
         ring_size,
         // An eighth of the ring stays free for lifecycle records.
         ring_headroom: ring_size / 8,
@@ -495,11 +502,10 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
 }
 
 /// BPF LSM first (file opens and exec checks); the syscall tracepoints
-/// when it cannot load or attach and file events are wanted.
+/// when it cannot load or attach.
 fn load_file_hooks(
     shared: &SharedMaps,
     attacher: &mut Attacher,
-    wants_files: bool,
 ) -> (Option<file_lsm::FileLsmSkel<'static>>, Option<file_syscalls::FileSyscallsSkel<'static>>) {
     let lsm = file_lsm::FileLsmSkel::open_shared(shared).and_then(|open| open.load());
     let lsm_error = match lsm {
@@ -513,12 +519,8 @@ fn load_file_hooks(
         },
         Err(error) => error.to_string(),
     };
-    let fallback = if wants_files { FILE_FALLBACK } else { "" };
-    attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), fallback);
+    attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), FILE_FALLBACK);
     attacher.record(EXEC_LSM, Some(lsm_error), "");
-    if !wants_files {
-        return (None, None);
-    }
 
     let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => skel,

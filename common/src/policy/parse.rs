@@ -169,6 +169,34 @@ const RULE_FIELDS: [&str; 10] = [
     "sni_pattern",
 ];
 
+/// "unknown field; did you mean `default_verdict`? (policy fields: ...)":
+/// the names that look like what was written (a prefix either way, or a
+/// couple of typos away), then every name that is allowed.
+fn unknown_name(what: &str, written: &str, list_name: &str, known: &[&str]) -> String {
+    let mut close: Vec<(usize, &str)> = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(written, k), *k))
+        .filter(|(distance, k)| {
+            *distance <= 2 || (written.len() >= 3 && (k.starts_with(written) || written.starts_with(k)))
+        })
+        .collect();
+    close.sort();
+    let hint = match close.as_slice() {
+        [] => String::new(),
+        [(_, only)] => format!("; did you mean `{only}`?"),
+        several => {
+            let names: Vec<String> = several.iter().take(3).map(|(_, k)| format!("`{k}`")).collect();
+            format!("; did you mean one of {}?", names.join(", "))
+        }
+    };
+    format!("unknown {what} {written:?}{hint} ({list_name}: {})", known.join(", "))
+}
+
+/// The agent types an overlay may name: the known-agent table plus `unknown`.
+fn overlay_agent_types() -> Vec<&'static str> {
+    KNOWN_AGENTS.iter().map(|a| a.agent_type).chain([UNKNOWN]).collect()
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -338,12 +366,7 @@ fn parse_rule(
 
     for (key, key_node, _) in &entries {
         if !RULE_FIELDS.contains(key) {
-            checker.error(
-                Some(key_node),
-                rule_id,
-                Some(key),
-                format!("unknown field (rule fields: {})", RULE_FIELDS.join(", ")),
-            );
+            checker.error(Some(key_node), rule_id, Some(key), unknown_name("field", key, "rule fields", &RULE_FIELDS));
         }
     }
 
@@ -570,7 +593,7 @@ pub fn parse_policy(document: &str, source: &str) -> Result<PolicySet, PolicyErr
                                     Some(agent_node),
                                     None,
                                     Some("overlays"),
-                                    format!("unknown agent type {agent_type:?}"),
+                                    unknown_name("agent type", agent_type, "agent types", &overlay_agent_types()),
                                 );
                                 continue;
                             }
@@ -582,7 +605,7 @@ pub fn parse_policy(document: &str, source: &str) -> Result<PolicySet, PolicyErr
                         Some(key_node),
                         None,
                         Some(other),
-                        format!("unknown field (policy fields: {})", DOCUMENT_FIELDS.join(", ")),
+                        unknown_name("field", other, "policy fields", &DOCUMENT_FIELDS),
                     ),
                 }
             }
