@@ -26,8 +26,10 @@ const TRIE_CAPACITY: usize = 16_384;
 /// Policy versions whose rule names stay resolvable for events still in the
 /// ring when newer versions are installed (a compiled policy is small).
 const VERSIONS_KEPT: usize = 256;
-/// How long a program that read the old switch value may still be using
-/// the old slot before it is emptied (programs run for microseconds).
+/// Where no RCU grace period can be waited for (see
+/// [`wait_for_old_readers`]): how long a program that read the old switch
+/// value may still be using the old slot before it is emptied (programs run
+/// for microseconds).
 const GRACE: Duration = Duration::from_millis(20);
 
 /// Why a policy could not be installed (the previous one stays in force).
@@ -98,6 +100,32 @@ pub struct PolicyInstaller {
     /// Old slots that could not be emptied after a switch (the new policy
     /// is in force regardless; the slot is emptied before its next use).
     pub clear_failures: u64,
+    /// Switches after which the old slot was emptied following a fixed
+    /// grace rather than a kernel RCU grace period.
+    pub unsynchronised_swaps: u64,
+}
+
+/// Waits until no BPF program can still be reading the policy slot just
+/// switched away from; false when only a fixed grace could be waited.
+///
+/// The hooks run their programs inside an RCU read-side section, so one RCU
+/// grace period after the switch is exactly that wait. `membarrier(2)`
+/// with `MEMBARRIER_CMD_GLOBAL` runs one (`synchronize_rcu`) when more than
+/// one CPU is online; on one CPU it returns at once, and nohz_full kernels
+/// refuse it, so there the fixed [`GRACE`] serves.
+fn wait_for_old_readers() -> bool {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: sysconf(3) with a valid name has no preconditions.
+    let online_cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if online_cpus > 1 {
+        // SAFETY: membarrier(2) takes two integers and touches no memory of ours.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
+        if rc == 0 {
+            return true;
+        }
+    }
+    std::thread::sleep(GRACE);
+    false
 }
 
 /// The connect LPM key `{prefixlen, class (big-endian), addr}`.
@@ -179,6 +207,7 @@ impl PolicyInstaller {
             contents: Default::default(),
             versions: PolicyVersions::default(),
             clear_failures: 0,
+            unsynchronised_swaps: 0,
         }
     }
 
@@ -214,7 +243,9 @@ impl PolicyInstaller {
         let previous = self.active.replace(slot);
         self.versions.set_in_force(policy.version, source);
         if let Some(previous) = previous {
-            std::thread::sleep(GRACE);
+            if !wait_for_old_readers() {
+                self.unsynchronised_swaps += 1;
+            }
             if self.clear(previous).is_err() {
                 self.clear_failures += 1;
             }

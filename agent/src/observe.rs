@@ -184,6 +184,11 @@ pub struct Counters {
     pub agent_map_failures: u64,
     /// Saves of the discovered-agents file that failed.
     pub agent_save_failures: u64,
+    /// Old policy slots that could not be emptied after a swap.
+    pub policy_clear_failures: u64,
+    /// Policy swaps that waited a fixed grace, not an RCU grace period,
+    /// before emptying the old slot.
+    pub policy_swaps_unsynchronised: u64,
 }
 
 /// Which events the userspace filters let through.
@@ -383,5 +388,7 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
         agents_discovered: builder.agents().registry().agents().len(),
         agent_map_failures: builder.agents().kernel_update_failures,
         agent_save_failures: builder.agents().registry().save_failures,
+        policy_clear_failures: local_policy.as_ref().map_or(0, |p| p.installer.clear_failures),
+        policy_swaps_unsynchronised: local_policy.as_ref().map_or(0, |p| p.installer.unsynchronised_swaps),
     })
 }

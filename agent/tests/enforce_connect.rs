@@ -3,7 +3,8 @@
 //! through and flags it, every decision is an event with the verdict, rule
 //! and policy version; a broken reload keeps the policy in force; and under
 //! 100,000 connects while the policy flips 50 times, every verdict comes
-//! whole from one version.
+//! whole from one version and every old slot is emptied after an RCU grace
+//! period.
 
 mod support;
 
@@ -158,6 +159,12 @@ fn hot_swap_never_mixes_versions() {
         "{installed} policies installed: {:?}",
         observed.stderr.iter().rev().take(5).collect::<Vec<_>>()
     );
+    // Every old slot was emptied, each after a kernel RCU grace period
+    // (membarrier) wherever the host has more than one CPU.
+    assert_eq!(observed.counters["policy_clear_failures"], 0, "{}", observed.counters);
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        assert_eq!(observed.counters["policy_swaps_unsynchronised"], 0, "{}", observed.counters);
+    }
     let events: Vec<_> =
         observed.events.iter().filter(|e| matches!(field(e, "resource"), "127.0.0.50:9" | "127.0.0.51:9")).collect();
     // Exact accounting: every connect is an event or a counted loss.
