@@ -47,15 +47,29 @@ pub fn compile_probe(dir: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
-/// The tyrd binary built next to the running test or tool (same profile).
+/// The tyrd binary of the running test's or tool's build (same target dir
+/// and profile). Under cargo (`cargo test`, `cargo run`) it is rebuilt
+/// first: cargo builds only the running package's dependencies, not
+/// another package's binaries, and a stale tyrd would carry old eBPF
+/// programs into the VM. Run directly, the binary found is used as it is.
 pub fn tyrd_binary() -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or_else(|| failed("locating tyrd", "no parent dir"))?;
-    let candidates = [dir.join("tyrd"), dir.join("..").join("tyrd")];
-    candidates
-        .into_iter()
-        .find(|p| p.exists())
-        .ok_or_else(|| failed("no tyrd binary", "build it: cargo build -p tyr-agent"))
+    // Tests run from target/<profile>/deps, tools from target/<profile>.
+    let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
+    if let (Some(cargo), Some(target_dir)) = (std::env::var_os("CARGO"), profile_dir.parent()) {
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "-p", "tyr-agent", "--bin", "tyrd"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        run(&mut build, "cargo build -p tyr-agent --bin tyrd")?;
+    }
+    let tyrd = profile_dir.join("tyrd");
+    if tyrd.exists() { Ok(tyrd) } else { Err(failed("no tyrd binary", "build it: cargo build -p tyr-agent")) }
 }
 
 /// An initramfs under construction.

@@ -4,6 +4,7 @@
 //! with EPERM while an allowed one opens; a denied exec fails with EPERM;
 //! the child of a governed agent is governed from its first syscall; every
 //! denial is an event with verdict DENY, the rule and the policy version;
+//! globs decide in the kernel as in the model;
 //! policy hot-swapped 50+ times under a loop of opens never gives a mixed
 //! verdict; unregistered agents are quarantined or denied.
 
@@ -28,6 +29,10 @@ rules:
     action: exec
     paths: ["/work/bin/forbidden"]
     verdict: deny
+  - name: deny-glob-keys
+    action: file_read
+    paths: ["/work/glob/*/keys/*.pem", "/work/glob/deep/**/id_*"]
+    verdict: deny
 overlays:
   claude-code:
     - name: claude-no-agent-secret
@@ -35,6 +40,26 @@ overlays:
       paths: ["/work/agent-secret/*"]
       verdict: deny
 "#;
+
+/// Paths checked against `deny-glob-keys` in the kernel and in the model:
+/// glob tails of every length around the kernel's 16-byte stride, matches
+/// and near misses.
+const GLOB_PATHS: [&str; 14] = [
+    "/work/glob/a/keys/b.pem",
+    "/work/glob/abcdef/keys/.pem",
+    "/work/glob/abcdefg/keys/.pem",
+    "/work/glob/abcdefghijklmnopqrstu/keys/.pem",
+    "/work/glob/abcdefghijklmnopqrstuv/keys/.pem",
+    "/work/glob/abcdefghijklmnopqrstuv/keys/.pen",
+    "/work/glob/a-directory-name-longer-than-sixteen-bytes/keys/server-private-key.pem",
+    "/work/glob/a-directory-name-longer-than-sixteen-bytes/keys/server-private-key.pem.bak",
+    "/work/glob/x/notkeys/y.pem",
+    "/work/glob/x/keys/sub/dir/y.pem",
+    "/work/glob/deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/id_rsa",
+    "/work/glob/deep/id_rsa",
+    "/work/glob/deep/x/id_",
+    "/work/glob/deep/x/idrsa",
+];
 
 fn swap_policy(letter: char, denied: &str, alerted: &str) -> String {
     format!(
@@ -45,6 +70,7 @@ fn swap_policy(letter: char, denied: &str, alerted: &str) -> String {
 const FLIPS: usize = 52;
 
 fn init_script() -> String {
+    let glob_paths = GLOB_PATHS.join(" ");
     format!(
         r#"W=/work
 mkdir -p $W/secret $W/open $W/agent-secret $W/swap $W/bin /var/lib/tyr
@@ -70,6 +96,7 @@ probe open $W/open/file
 probe write $W/secret/key
 probe rdwr $W/secret/key
 probe exec $W/bin/forbidden
+for f in {glob_paths}; do mkdir -p "${{f%/*}}"; echo g > "$f"; probe open "$f"; done
 /bin/true && echo "TYR-VM exec path=/bin/true errno=0"
 probe open $W/agent-secret/key
 CLAUDECODE=1 $W/bin/claude governed-child $W/agent-secret/key
@@ -161,6 +188,17 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
     assert_eq!(find(&lines, "rdwr", "/work/secret/key").num("errno"), Some(EPERM));
     assert_eq!(find(&lines, "exec", "/work/bin/forbidden").num("errno"), Some(EPERM));
     assert_eq!(find(&lines, "exec", "/bin/true").num("errno"), Some(0));
+    // Globs: the kernel's automaton decides every path as the model does.
+    let policy = tyr_common::policy::parse_policy("main.yaml", MAIN_POLICY).expect("policy");
+    let mut denied_globs = 0;
+    for path in GLOB_PATHS {
+        let model = policy.base.decide(&tyr_common::policy::Request::File { write: false, path });
+        let denied = model.verdict == tyr_common::policy::Verdict::Deny;
+        denied_globs += usize::from(denied);
+        let errno = find(&lines, "open", path).num("errno");
+        assert_eq!(errno, Some(if denied { EPERM } else { 0 }), "{path}: the model says {:?}", model.verdict);
+    }
+    assert!((5..GLOB_PATHS.len() - 3).contains(&denied_globs), "{denied_globs} glob paths denied: both kinds needed");
     // The overlay governs only its agent: a plain process may read what claude-code may not.
     assert_eq!(find(&lines, "open", "/work/agent-secret/key").num("errno"), Some(0));
     let child = find(&lines, "governed-child", "/work/agent-secret/key");

@@ -2,7 +2,9 @@
  * tyr_records.h for the layout): a longest-prefix lookup of the path for
  * the process's agent class (else the base class), then the first of the
  * entry's candidates that matches. Globs run their automaton over the
- * path under bpf_loop(), so a path of any length costs one verified body. */
+ * path under bpf_loop(), 16 bytes per iteration, in a global function the
+ * verifier checks once: a path of any length and a policy of any number of
+ * globs cost one verified body. */
 #pragma once
 
 #include "policy.h"
@@ -31,28 +33,45 @@ static __always_inline struct tyr_glob *tyr_glob_get(__u32 slot, __u32 *glob)
 	return slot ? bpf_map_lookup_elem(&tyr_globs_slot1, glob) : bpf_map_lookup_elem(&tyr_globs_slot0, glob);
 }
 
-/* One byte through the automaton. */
+/* Path bytes run through the automaton per bpf_loop iteration: the
+ * scratch and glob lookups and the callback are paid once per stride, not
+ * once per byte. */
+#define TYR_GLOB_STRIDE 16
+
+/* Up to TYR_GLOB_STRIDE bytes through the automaton; stops the loop at the
+ * end of the path or once no state is left. */
 static long tyr_glob_step(__u64 index, void *ctx)
 {
 	struct tyr_glob_run *run = ctx;
-	if (run->at >= run->len)
-		return 1;
 	struct tyr_scratch *s = tyr_scratch_entry();
 	struct tyr_glob *g = tyr_glob_get(run->slot, &run->glob);
 	if (!s || !g) {
 		run->state = 0;
 		return 1;
 	}
-	__u8 c = s->rec[(run->base & TYR_BASE_MASK) + (run->at & TYR_PATH_MASK)];
-	__u64 state = ((run->state << 1) & g->chars[c]) | (run->state & g->star);
-	state |= (state & g->before_star) << 1;
+	__u64 state = run->state;
+	__u32 at = run->at;
+	__u32 len = run->len;
+	__u32 base = run->base & TYR_BASE_MASK;
+#pragma unroll
+	for (__u32 k = 0; k < TYR_GLOB_STRIDE; k++) {
+		if (at >= len || state == 0)
+			break;
+		__u8 c = s->rec[base + (at & TYR_PATH_MASK)];
+		state = ((state << 1) & g->chars[c]) | (state & g->star);
+		state |= (state & g->before_star) << 1;
+		at++;
+	}
+	run->at = at;
 	run->state = state;
-	run->at++;
-	return state == 0;
+	return at >= len || state == 0;
 }
 
-/* Whether glob `glob` matches the path (len bytes at s->rec + base) from byte `start` on. */
-static __always_inline bool tyr_glob_matches(__u32 slot, __u32 glob, __u32 base, __u32 start, __u32 len)
+/* Whether glob `glob` matches the path (len bytes at s->rec + base) from
+ * byte `start` on: 1 or 0. A global function, so the verifier checks it
+ * once, on its own, rather than again at every candidate of every path
+ * decision that calls it. */
+__noinline int tyr_glob_matches(__u32 slot, __u32 glob, __u32 base, __u32 start, __u32 len)
 {
 	struct tyr_glob *g = tyr_glob_get(slot, &glob);
 	if (!g || start > len)
@@ -66,7 +85,7 @@ static __always_inline bool tyr_glob_matches(__u32 slot, __u32 glob, __u32 base,
 		.len = len,
 		.state = 1 | ((1 & g->before_star) << 1),
 	};
-	bpf_loop(TYR_PATH_MAX, tyr_glob_step, &run, 0);
+	bpf_loop(TYR_PATH_MAX / TYR_GLOB_STRIDE + 1, tyr_glob_step, &run, 0);
 	return run.at >= len && (run.state & accept) != 0;
 }
 

@@ -41,14 +41,18 @@ fn main() -> std::io::Result<()> {
     image.add_executable(&tyrd_binary()?, "/bin/tyrd")?;
     image.add_file("/bin/probe", &std::fs::read(compile_probe(&work)?)?, 0o755)?;
     image.add_file("/policy.yaml", hundred_rule_policy().as_bytes(), 0o644)?;
-    let mut script = String::from("mkdir -p /work/bench /var/lib/tyr; echo x > /work/bench/file\n");
+    // /work/d4/ is denied by rule r4: each round with tyrd proves it was
+    // enforcing in the kernel (a tyrd whose BPF LSM failed to load would
+    // measure the tracepoint fallback instead).
+    let mut script =
+        String::from("mkdir -p /work/bench /work/d4 /var/lib/tyr; echo x > /work/bench/file; echo x > /work/d4/x\n");
     for round in 0..rounds {
         let _ = write!(
             script,
             "echo TYR-VM round n={round} mode=without; probe bench {pairs} /work/bench/file
 tyrd observe --state-dir /var/lib/tyr --kind exec --policy /policy.yaml > /dev/null 2> /log{round}.txt &
 T=$!; i=0; while ! grep -q 'tyrd: observing' /log{round}.txt && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-echo TYR-VM round n={round} mode=with; probe bench {pairs} /work/bench/file
+echo TYR-VM round n={round} mode=with; probe bench {pairs} /work/bench/file; probe open /work/d4/x
 kill -INT $T; wait $T\n"
         );
     }
@@ -79,6 +83,11 @@ kill -INT $T; wait $T\n"
             }
             _ => {}
         }
+    }
+    let enforced = lines.iter().filter(|l| l.test == "open" && l.num("errno") == Some(1)).count();
+    if enforced != rounds {
+        eprintln!("tyrd refused the denied open in {enforced} of {rounds} rounds: not enforcing; console:\n{console}");
+        std::process::exit(1);
     }
     if ratios.is_empty() {
         eprintln!("no results; console:\n{console}");
