@@ -1,6 +1,7 @@
 /* File opens and execs through BPF LSM: lsm/file_open runs for every open
  * of every file after permission checks, lsm/bprm_check_security for every
- * exec once the binary is open, both in the calling task with the struct
+ * exec once the binary is open (again for a script's interpreter), both in
+ * the calling task with the struct
  * file in hand — so the path is exact (bpf_d_path) and policy can refuse
  * the operation with EPERM before it completes. Needs CONFIG_BPF_LSM and
  * "bpf" in the active LSM list; where that is missing this object fails to
@@ -104,6 +105,22 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 	return deny ? -TYR_EPERM : 0;
 }
 
+/* An exec begins (once per execve, before any bprm_check_security): no
+ * decision from an earlier, failed exec may be attributed to this one. */
+SEC("lsm/bprm_creds_for_exec")
+int BPF_PROG(tyr_exec_begin, struct linux_binprm *bprm, int ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_delete_elem(&tyr_exec_decisions, &tgid);
+	return ret;
+}
+
+/* Deny over alert over allow. */
+static __always_inline __u32 tyr_verdict_rank(__u32 verdict)
+{
+	return verdict == TYR_VERDICT_DENY ? 2 : verdict == TYR_VERDICT_ALERT ? 1 : 0;
+}
+
 SEC("lsm/bprm_check_security")
 int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 {
@@ -145,7 +162,11 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 		rec->decision = stored;
 		tyr_emit(s, sizeof(*rec), path_len, TYR_KIND_EXEC);
 	} else {
-		bpf_map_update_elem(&tyr_exec_decisions, &tgid, &stored, BPF_ANY);
+		/* A script's own decision, checked first, stands unless its
+		 * interpreter's is stricter. */
+		struct tyr_policy_decision *earlier = bpf_map_lookup_elem(&tyr_exec_decisions, &tgid);
+		if (!earlier || tyr_verdict_rank(stored.verdict) > tyr_verdict_rank(earlier->verdict))
+			bpf_map_update_elem(&tyr_exec_decisions, &tgid, &stored, BPF_ANY);
 	}
 	tyr_scratch_release(s);
 	return deny ? -TYR_EPERM : 0;

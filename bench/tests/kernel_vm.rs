@@ -29,6 +29,10 @@ rules:
     action: exec
     paths: ["/work/bin/forbidden"]
     verdict: deny
+  - name: alert-script
+    action: exec
+    paths: ["/work/bin/alerted.sh"]
+    verdict: alert
   - name: deny-glob-keys
     action: file_read
     paths: ["/work/glob/*/keys/*.pem", "/work/glob/deep/**/id_*"]
@@ -96,6 +100,8 @@ probe open $W/open/file
 probe write $W/secret/key
 probe rdwr $W/secret/key
 probe exec $W/bin/forbidden
+printf '#!/bin/sh\nexit 0\n' > $W/bin/alerted.sh; chmod +x $W/bin/alerted.sh
+$W/bin/alerted.sh && echo "TYR-VM exec path=$W/bin/alerted.sh errno=0"
 for f in {glob_paths}; do mkdir -p "${{f%/*}}"; echo g > "$f"; probe open "$f"; done
 /bin/true && echo "TYR-VM exec path=/bin/true errno=0"
 probe open $W/agent-secret/key
@@ -188,6 +194,7 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
     assert_eq!(find(&lines, "rdwr", "/work/secret/key").num("errno"), Some(EPERM));
     assert_eq!(find(&lines, "exec", "/work/bin/forbidden").num("errno"), Some(EPERM));
     assert_eq!(find(&lines, "exec", "/bin/true").num("errno"), Some(0));
+    assert_eq!(find(&lines, "exec", "/work/bin/alerted.sh").num("errno"), Some(0), "alert lets the script run");
     // Globs: the kernel's automaton decides every path as the model does.
     let policy = tyr_common::policy::parse_policy("main.yaml", MAIN_POLICY).expect("policy");
     let mut denied_globs = 0;
@@ -228,6 +235,14 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
             assert_eq!(e["metadata"]["enforced"], "true", "{e}");
         }
     }
+    // A script is checked, then its interpreter (the exec's binary, the
+    // event's resource): the script's own alert stands.
+    let script = events
+        .iter()
+        .find(|e| e["metadata"]["rule"] == "alert-script")
+        .unwrap_or_else(|| panic!("no ALERT for the script: {events:#?}"));
+    assert_eq!((&script["kind"], &script["verdict"]), (&"EXEC".into(), &"ALERT".into()), "{script}");
+    assert!(script["cmdline"].as_str().is_some_and(|c| c.contains("/work/bin/alerted.sh")), "{script}");
     let child_pid = child.num("child_pid").expect("child pid");
     let child_event = events
         .iter()

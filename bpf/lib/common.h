@@ -74,7 +74,10 @@ struct {
 } tyr_policy_slots SEC(".maps");
 
 /* Thread group id -> the policy decision lsm/bprm_check_security took for
- * its exec, picked up by the exec tracepoint for the EXEC record. */
+ * its exec, picked up by the exec tracepoint for the EXEC record. Emptied
+ * when an exec begins (lsm/bprm_creds_for_exec), so a failed exec leaves
+ * nothing behind; within one exec a script is checked, then its
+ * interpreter, and the stricter decision stands. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);

@@ -24,6 +24,8 @@ use tyr_proto::EventKind as Kind;
 /// The BPF LSM hooks that decide file opens and execs.
 pub const FILE_OPEN_LSM: &str = "lsm/file_open";
 pub const EXEC_LSM: &str = "lsm/bprm_check_security";
+/// Where an exec begins: clears what a failed exec left for the exec record.
+pub const EXEC_BEGIN_LSM: &str = "lsm/bprm_creds_for_exec";
 
 /// Hook serving file opens when `lsm/file_open` cannot.
 pub const FILE_FALLBACK: &str = "tp/syscalls/sys_{enter,exit}_{openat,openat2,open,creat}";
@@ -512,6 +514,7 @@ fn load_file_hooks(
         Ok(skel) => match skel.progs.tyr_file_open.attach_lsm() {
             Ok(link) => {
                 attacher.attach(FILE_OPEN_LSM, Ok(link));
+                attacher.attach(EXEC_BEGIN_LSM, skel.progs.tyr_exec_begin.attach_lsm());
                 attacher.attach(EXEC_LSM, skel.progs.tyr_exec_check.attach_lsm());
                 return (Some(skel), None);
             }
@@ -520,6 +523,7 @@ fn load_file_hooks(
         Err(error) => error.to_string(),
     };
     attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), FILE_FALLBACK);
+    attacher.record(EXEC_BEGIN_LSM, Some(lsm_error.clone()), "");
     attacher.record(EXEC_LSM, Some(lsm_error), "");
 
     let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
