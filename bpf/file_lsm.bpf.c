@@ -1,12 +1,11 @@
 /* File opens and execs through BPF LSM: lsm/file_open runs for every open
  * of every file after permission checks, lsm/bprm_check_security for every
  * exec once the binary is open (again for a script's interpreter), both in
- * the calling task with the struct
- * file in hand — so the path is exact (bpf_d_path) and policy can refuse
- * the operation with EPERM before it completes. Needs CONFIG_BPF_LSM and
- * "bpf" in the active LSM list; where that is missing this object fails to
- * load, file_syscalls.bpf.c observes opens instead, and file and exec deny
- * are reported as not enforceable. */
+ * the calling task with the struct file in hand — so the path is exact
+ * (bpf_d_path) and policy can refuse the operation with EPERM before it
+ * completes. Needs CONFIG_BPF_LSM and "bpf" in the active LSM list; where
+ * that is missing this object fails to load, file_syscalls.bpf.c observes
+ * opens instead, and file and exec deny are reported as not enforceable. */
 #include "lib/common.h"
 #include "lib/path_policy.h"
 
