@@ -112,6 +112,7 @@ fn probe_reports_hooks_and_the_file_open_fallback() {
     assert_eq!(report["enforce_exec"], exec["attached"], "{exec}");
     if exec["attached"] == false {
         assert!(!field(exec, "error").is_empty(), "{exec}");
+        assert!(field(exec, "fallback").contains("sched_process_exec"), "{exec}");
     }
     if std::env::var("TYR_EXPECT_BPF_LSM").as_deref() == Ok("no") {
         assert_eq!(report["enforce_exec"], false);

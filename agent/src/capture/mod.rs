@@ -27,6 +27,10 @@ pub const EXEC_LSM: &str = "lsm/bprm_check_security";
 /// Where an exec begins: clears what a failed exec left for the exec record.
 pub const EXEC_BEGIN_LSM: &str = "lsm/bprm_creds_for_exec";
 
+/// What serves execs when `lsm/bprm_check_security` cannot: the exec
+/// tracepoint sees every exec after the fact, and exec rules are decided
+/// from it in userspace (reported, not enforced).
+pub const EXEC_FALLBACK: &str = "tp/sched/sched_process_exec (exec rules decided in userspace, not enforced)";
 /// Hook serving file opens when `lsm/file_open` cannot.
 pub const FILE_FALLBACK: &str = "tp/syscalls/sys_{enter,exit}_{openat,openat2,open,creat}";
 
@@ -523,8 +527,8 @@ fn load_file_hooks(
         Err(error) => error.to_string(),
     };
     attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), FILE_FALLBACK);
-    attacher.record(EXEC_BEGIN_LSM, Some(lsm_error.clone()), "");
-    attacher.record(EXEC_LSM, Some(lsm_error), "");
+    attacher.record(EXEC_BEGIN_LSM, Some(lsm_error.clone()), "not needed without lsm/bprm_check_security");
+    attacher.record(EXEC_LSM, Some(lsm_error), EXEC_FALLBACK);
 
     let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => skel,
