@@ -13,9 +13,7 @@ use std::time::Duration;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use tyr_common::policy::compile::bytes::{action_code, verdict_code};
 use tyr_common::policy::compile::glob::GlobAutomaton;
-use tyr_common::policy::compile::{
-    CompiledPolicy, MAX_CANDIDATES, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, PathMatch, RuleInfo,
-};
+use tyr_common::policy::compile::{CompiledPolicy, MAX_CANDIDATES, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, RuleInfo};
 use tyr_common::policy::model::PolicySet;
 
 use crate::bpf::records::{tyr_glob, tyr_net_candidates, tyr_path_candidates, tyr_policy_slot};
@@ -181,11 +179,7 @@ fn path_list(list: &[tyr_common::policy::compile::PathCandidate]) -> tyr_path_ca
     for (entry, candidate) in value.list.iter_mut().zip(list) {
         entry.rule = candidate.rule;
         entry.verdict = verdict_code(candidate.verdict);
-        (entry.r#match, entry.len, entry.glob) = match candidate.matcher {
-            PathMatch::Prefix => (1, 0, 0),
-            PathMatch::Exact { len } => (2, len, 0),
-            PathMatch::Glob { start, glob } => (3, start, glob),
-        };
+        (entry.r#match, entry.len, entry.glob) = candidate.matcher.fields();
     }
     value
 }

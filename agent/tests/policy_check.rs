@@ -27,11 +27,14 @@ fn valid_and_malformed_policies() {
     assert_eq!(summary["compiled"]["path_prefixes"], 1, "{summary}");
     assert_eq!(summary["compiled"]["cedar_policies"], 6, "one rule and five default permits: {summary}");
 
+    let cedar_policy =
+        write_policy("- name: no-shadow\n  action: file_read\n  paths: [\"/etc/shadow\"]\n  verdict: deny\n");
     let cedar = Command::new(env!("CARGO_BIN_EXE_tyrd"))
         .args(["policy", "check", "--cedar"])
-        .arg(write_policy("- name: no-shadow\n  action: file_read\n  paths: [\"/etc/shadow\"]\n  verdict: deny\n"))
+        .arg(&cedar_policy)
         .output()
         .expect("run");
+    let _ = std::fs::remove_file(&cedar_policy);
     let text = String::from_utf8_lossy(&cedar.stdout);
     assert!(text.contains("forbid (principal, action == Tyr::Action::\"file_read\", resource)"), "{text}");
     assert!(text.contains("context.path == \"/etc/shadow\""), "{text}");

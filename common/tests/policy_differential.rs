@@ -187,8 +187,10 @@ fn model_compiled_entries_and_cedar_agree() {
             Err(CompileError::TooManyCandidates { .. }) => continue,
             Err(other) => panic!("{other}"),
         };
-        // The kernel form is what came back from the wire bytes.
-        let compiled = CompiledPolicy::from_bytes(&compiled.to_bytes()).expect("round trip");
+        // The kernel form is what came back from the wire bytes, unchanged.
+        let round_trip = CompiledPolicy::from_bytes(&compiled.to_bytes()).expect("round trip");
+        assert_eq!(round_trip, compiled, "policy {id}");
+        let compiled = round_trip;
         let cedar_text = to_cedar(&set, version);
         let cedar = CedarEvaluator::new(&cedar_text).unwrap_or_else(|e| panic!("{e}\n{cedar_text}"));
         if id < 20 {

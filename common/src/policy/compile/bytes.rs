@@ -80,11 +80,7 @@ impl CompiledPolicy {
             for c in list {
                 out.u32(c.rule);
                 out.u8(verdict_code(c.verdict));
-                let (code, len, glob) = match c.matcher {
-                    PathMatch::Prefix => (1, 0, 0),
-                    PathMatch::Exact { len } => (2, len, 0),
-                    PathMatch::Glob { start, glob } => (3, start, glob),
-                };
+                let (code, len, glob) = c.matcher.fields();
                 out.u8(code);
                 out.u16(len);
                 out.u32(glob);

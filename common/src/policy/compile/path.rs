@@ -26,6 +26,19 @@ pub enum PathMatch {
     Glob { start: u16, glob: u32 },
 }
 
+impl PathMatch {
+    /// The fields the kernel and the wire bytes hold: the `TYR_PATH_MATCH_*`
+    /// code (bpf/include/tyr_records.h), the exact length or glob start, and
+    /// the glob index.
+    pub fn fields(self) -> (u8, u16, u32) {
+        match self {
+            Self::Prefix => (1, 0, 0),
+            Self::Exact { len } => (2, len, 0),
+            Self::Glob { start, glob } => (3, start, glob),
+        }
+    }
+}
+
 /// One entry of a path candidate list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PathCandidate {
