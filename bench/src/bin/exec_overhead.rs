@@ -13,7 +13,10 @@ use tyr_bench::tyrd_process;
 fn execs_per_second(execs: u32) -> f64 {
     let start = Instant::now();
     for _ in 0..execs {
-        let status = Command::new("/bin/true").status().expect("run /bin/true");
+        // Under `cargo run`, LD_LIBRARY_PATH lists cargo's build directories:
+        // every exec would probe them for its libraries, opens a plain exec
+        // does not make, and the harness would measure cargo's environment.
+        let status = Command::new("/bin/true").env_remove("LD_LIBRARY_PATH").status().expect("run /bin/true");
         assert!(status.success());
     }
     f64::from(execs) / start.elapsed().as_secs_f64()
