@@ -3,8 +3,10 @@
 # three binaries, migrate PostgreSQL, create the ClickHouse events table,
 # probe this kernel with tyrd, watch this host for a few seconds with
 # `tyrd observe` (execs and TLS, with AI-agent labels), check the example
-# policy, enforce a connect rule in the kernel, and print the state of both
-# stores. Every packet stays on loopback.
+# policy, then run the fleet loop on this one machine: `tyr-server serve`,
+# a one-use enrollment token, `tyrd run` enrolling with it and the CA pin,
+# a fleet policy pushed to it, a connect refused in the kernel, and the DENY
+# event in ClickHouse. Every packet stays on loopback.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,8 +38,9 @@ echo "== tyrd policy check deploy/policies/example.yaml (summary)"
 "$bin/tyrd" policy check deploy/policies/example.yaml | python3 -c \
     'import json, sys; d = json.load(sys.stdin); print(json.dumps(d["compiled"], indent=2))'
 
-echo "== tyrd observe --policy: connects to 127.0.0.7 are denied in the kernel, 127.0.0.1 is allowed"
-cat >"$state/demo.yaml" <<'POLICY'
+echo "== the fleet loop: tyr-server serve, a token, tyrd run, a fleet policy, a denied connect, the event in ClickHouse"
+cat >"$state/fleet.yaml" <<'POLICY'
+name: quickstart
 default_verdict: allow
 rules:
   - name: quickstart-deny-127-0-0-7
@@ -49,23 +52,59 @@ POLICY
 # A listener on 127.0.0.7, so the refusal below is the policy's, not a closed port's.
 coproc LISTENER { exec python3 -c 'import socket, time
 s = socket.socket(); s.bind(("127.0.0.7", 0)); s.listen(16)
-print(s.getsockname()[1], flush=True); time.sleep(20)'; }
+print(s.getsockname()[1], flush=True); time.sleep(120)'; }
 read -r port <&"${LISTENER[0]}"
 try_connect() {
     if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then echo "  connect $1:$2 -> connected"; else echo "  connect $1:$2 -> refused"; fi
 }
 echo "without tyrd:"
 try_connect 127.0.0.7 "$port"
-(
-    sleep 2
-    echo "with tyrd enforcing $state/demo.yaml:"
-    try_connect 127.0.0.7 "$port"
-    try_connect 127.0.0.1 8123
-) &
-clients=$!
-timeout -s INT 5 "$bin/tyrd" observe --state-dir "$state" --policy "$state/demo.yaml" --kind net_connect --comm bash || true
-wait "$clients"
-kill "$LISTENER_PID" 2>/dev/null || true
+
+export TYR_DATA_DIR="$state/server" TYR_GRPC_ADDR=127.0.0.1:7700 TYR_TLS_NAMES=localhost,127.0.0.1
+export TYR_HEARTBEAT_INTERVAL_S=2
+"$bin/tyr-server" serve 2>"$state/server.log" &
+server=$!
+cleanup() {
+    kill "${tyrd:-}" "$server" "${LISTENER_PID:-}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/7700) 2>/dev/null && break; sleep 0.2; done
+echo "-- tyr-server token create --expires-hours 1 --max-uses 1"
+token_json=$("$bin/tyr-server" token create --expires-hours 1 --max-uses 1 --description quickstart)
+token=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])' <<<"$token_json")
+pin=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["ca_pin"])' <<<"$token_json")
+echo "  CA pin: $pin (the token itself is printed once and not shown here)"
+echo "-- tyr-server policy set --file fleet.yaml (the fleet's base policy)"
+"$bin/tyr-server" policy set --file "$state/fleet.yaml"
+echo "-- tyrd run --server https://127.0.0.1:7700 --token … --ca-pin $pin"
+"$bin/tyrd" run --server https://127.0.0.1:7700 --token "$token" --ca-pin "$pin" \
+    --state-dir "$state/tyrd" 2>"$state/tyrd.log" &
+tyrd=$!
+applied=0
+for _ in $(seq 150); do
+    applied=$("$bin/tyr-server" daemon list | python3 -c \
+        'import json, sys; d = json.load(sys.stdin); print(d[0]["applied_policy_version"] if d else 0)')
+    [ "$applied" != 0 ] && break
+    sleep 0.2
+done
+if [ "$applied" = 0 ]; then
+    echo "tyrd did not report a policy in force; its log:" >&2
+    cat "$state/tyrd.log" >&2
+    exit 1
+fi
+echo "-- tyr-server daemon list"
+"$bin/tyr-server" daemon list
+echo "with tyrd run enforcing the fleet policy (version $applied):"
+try_connect 127.0.0.7 "$port"
+try_connect 127.0.0.1 7700
+echo "-- the DENY event in ClickHouse (agent_id is the daemon's id)"
+sleep 3
+query="SELECT kind, resource, verdict, metadata['rule'] AS rule, policy_version, agent_id, server_verdict, drift_detected
+FROM events WHERE verdict = 'DENY' AND resource LIKE '127.0.0.7:%' ORDER BY timestamp DESC LIMIT 3 FORMAT Vertical"
+curl -sS "${TYR_CLICKHOUSE_URL%/}/?database=${TYR_CLICKHOUSE_DATABASE:-tyr}" --data-binary "$query"
+cleanup
+trap - EXIT
 
 echo "== tyr-server status"
 "$bin/tyr-server" status

@@ -3,9 +3,15 @@
 
 pub mod bpf;
 pub mod capture;
+pub mod capture_loop;
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod enforce;
 pub mod host;
 pub mod kinds;
 pub mod observe;
 pub mod pipeline;
+pub mod sink;
+pub mod spool;

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 
+use tokio_util::sync::CancellationToken;
 use tyr_agent::capture::{Capture, CaptureConfig};
+use tyr_agent::config::{ConfigOverrides, DaemonConfig, Secret};
+use tyr_agent::daemon;
 use tyr_agent::detect::registry::Registry;
 use tyr_agent::detect::tracker::UnregisteredAgents;
 use tyr_agent::kinds::{KindSet, parse_kind};
@@ -37,6 +40,9 @@ struct Cli {
 enum Command {
     /// Load every hook this kernel allows, print the capability report as JSON, detach.
     Probe,
+    /// Run as the fleet daemon (systemd mode): enroll on first boot, capture
+    /// and enforce, stream events to tyr-server, apply its policies.
+    Run(Box<RunArgs>),
     /// Capture with no server: print events as JSON lines until SIGINT/SIGTERM,
     /// then print counters (seen and lost, by kind) to stderr.
     Observe(ObserveArgs),
@@ -112,6 +118,101 @@ struct StateDirArg {
     state_dir: PathBuf,
 }
 
+/// `tyrd run` flags: each overrides the same key of `/etc/tyr/tyrd.toml`
+/// and its `TYR_*` environment variable.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Configuration file (default /etc/tyr/tyrd.toml, which may be missing).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The server, https://host:7700.
+    #[arg(long)]
+    server: Option<String>,
+    /// Enrollment token, needed on first boot (prefer TYR_TOKEN: flags show in ps).
+    #[arg(long)]
+    token: Option<String>,
+    /// Pin of the server CA, sha256:<hex>, as `tyr-server token create` prints it.
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// The server CA's PEM file (instead of --ca-pin).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// This host's name in the fleet (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory for the identity, the spool and state.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Most MiB the spool of unacknowledged batches holds.
+    #[arg(long)]
+    spool_max_mb: Option<u64>,
+    /// Events per batch.
+    #[arg(long)]
+    batch_max_events: Option<u32>,
+    /// Longest a batch waits for more events, in milliseconds.
+    #[arg(long)]
+    batch_max_ms: Option<u64>,
+    /// Seconds between heartbeats.
+    #[arg(long)]
+    heartbeat_interval_s: Option<u64>,
+    /// What happens to unregistered agents: audit, quarantine, deny.
+    #[arg(long, value_enum)]
+    unregistered_agents: Option<UnregisteredAgents>,
+    /// Capture TLS ClientHello (SNI): true or false.
+    #[arg(long)]
+    tls_capture: Option<bool>,
+    /// Enroll again with a new key (needs a token) even if an identity exists.
+    #[arg(long)]
+    reenroll: bool,
+}
+
+impl RunArgs {
+    fn overrides(self) -> ConfigOverrides {
+        ConfigOverrides {
+            server: self.server,
+            token: self.token.map(Secret::new),
+            ca_pin: self.ca_pin,
+            ca_file: self.ca_file,
+            name: self.name,
+            state_dir: self.state_dir,
+            spool_max_mb: self.spool_max_mb,
+            batch_max_events: self.batch_max_events,
+            batch_max_ms: self.batch_max_ms,
+            heartbeat_interval_s: self.heartbeat_interval_s,
+            unregistered_agents: self.unregistered_agents,
+            tls_capture: self.tls_capture,
+            reenroll: self.reenroll,
+        }
+    }
+}
+
+/// `tyrd run`: configuration, logging to stderr (`TYR_LOG`), one handler
+/// for SIGINT and SIGTERM cancelling the daemon's token.
+fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TYR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let config_path = args.config.clone();
+    let config = DaemonConfig::load(config_path.as_deref(), |key| std::env::var(key).ok(), args.overrides())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("shutting down");
+            on_signal.cancel();
+        });
+        daemon::run(config, shutdown).await
+    })
+}
+
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -124,6 +225,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run_daemon(*args)?,
         Command::Probe => {
             let capture = Capture::start(&CaptureConfig::default()).context("probing kernel hooks")?;
             println!("{}", serde_json::to_string_pretty(capture.capabilities())?);
@@ -147,6 +249,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 unregistered_agents: args.unregistered_agents,
                 policy: args.policy,
             };
+            // The `tyrd: ...` status lines speak to the console; the logs
+            // only when asked for (TYR_LOG), so stderr reads as before.
+            let filter = tracing_subscriber::EnvFilter::try_from_env("TYR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
             let counters = observe::run(options)?;
             eprintln!("{}", serde_json::to_string(&counters)?);
         }

@@ -48,28 +48,39 @@ pub fn compile_probe(dir: &Path) -> io::Result<PathBuf> {
 }
 
 /// The tyrd binary of the running test's or tool's build (same target dir
-/// and profile). Under cargo (`cargo test`, `cargo run`) it is rebuilt
-/// first: cargo builds only the running package's dependencies, not
-/// another package's binaries, and a stale tyrd would carry old eBPF
-/// programs into the VM. Run directly, the binary found is used as it is.
+/// and profile); see [`workspace_binary`].
 pub fn tyrd_binary() -> io::Result<PathBuf> {
+    workspace_binary("tyr-agent", "tyrd")
+}
+
+/// A binary of this workspace, from the running test's or tool's build
+/// (same target dir and profile). Under cargo (`cargo test`, `cargo run`)
+/// it is rebuilt first: cargo builds only the running package's
+/// dependencies, not another package's binaries, and a stale tyrd would
+/// carry old eBPF programs into the VM (or a stale server old handlers).
+/// Run directly, the binary found is used as it is.
+pub fn workspace_binary(package: &str, name: &str) -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or_else(|| failed("locating tyrd", "no parent dir"))?;
+    let dir = exe.parent().ok_or_else(|| failed("locating the build", "no parent dir"))?;
     // Tests run from target/<profile>/deps, tools from target/<profile>.
     let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
     if let (Some(cargo), Some(target_dir)) = (std::env::var_os("CARGO"), profile_dir.parent()) {
         let mut build = Command::new(cargo);
         build
-            .args(["build", "-p", "tyr-agent", "--bin", "tyrd"])
+            .args(["build", "-p", package, "--bin", name])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .env("CARGO_TARGET_DIR", target_dir);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
-        run(&mut build, "cargo build -p tyr-agent --bin tyrd")?;
+        run(&mut build, &format!("cargo build -p {package} --bin {name}"))?;
     }
-    let tyrd = profile_dir.join("tyrd");
-    if tyrd.exists() { Ok(tyrd) } else { Err(failed("no tyrd binary", "build it: cargo build -p tyr-agent")) }
+    let binary = profile_dir.join(name);
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(failed(&format!("no {name} binary"), format!("build it: cargo build -p {package}")))
+    }
 }
 
 /// An initramfs under construction.

@@ -1,7 +1,9 @@
 //! Shared inputs for Tyr's benchmarks and load tools: realistic synthetic
 //! events, generated deterministically so runs compare.
 
+pub mod fleet;
 pub mod kernel_vm;
+pub mod load;
 pub mod tyrd_process;
 
 use tyr_proto::{Event, EventKind, Severity, Verdict};

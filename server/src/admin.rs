@@ -24,6 +24,22 @@ pub async fn apply_event_schema(config: &EventStoreConfig) -> anyhow::Result<sch
         .with_context(|| format!("applying the events schema to {}", config.url))
 }
 
+/// Reads a policy file and makes it the base policy of the fleet or of one daemon.
+pub async fn set_policy(
+    config: &ControlDbConfig,
+    file: &std::path::Path,
+    daemon: Option<uuid::Uuid>,
+    name: Option<String>,
+) -> anyhow::Result<control_db::policies::StoredPolicy> {
+    let yaml = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = name.unwrap_or_else(|| daemon.map_or_else(|| "fleet-base".to_owned(), |id| format!("daemon-{id}")));
+    let pool = control_db::connect(config).await?;
+    control_db::migrate(&pool).await?;
+    let stored = control_db::policies::set_base(&pool, &name, &yaml, daemon).await;
+    pool.close().await;
+    Ok(stored?)
+}
+
 /// The state of both stores, as `tyr-server status` prints it.
 #[derive(Debug, Serialize)]
 pub struct StoreStatus {

@@ -50,3 +50,37 @@ pub struct EventStoreConfig {
           value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub retention_days: u32,
 }
+
+/// The server's identity: where its CA lives and the names its serving
+/// certificate is for.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityConfig {
+    /// Data directory holding the CA (`ca.key` 0600, `ca.pem`) and the
+    /// serving certificate; created (0700) on first boot.
+    #[arg(long = "data-dir", env = "TYR_DATA_DIR", default_value = "/var/lib/tyr")]
+    pub data_dir: std::path::PathBuf,
+    /// Names (DNS names and IP addresses, comma-separated) daemons reach the
+    /// server by; the serving certificate is re-issued when they change.
+    #[arg(long = "tls-names", env = "TYR_TLS_NAMES", value_delimiter = ',', default_values_t = default_tls_names())]
+    pub tls_names: Vec<String>,
+}
+
+/// `localhost`, the loopback addresses and this machine's host name.
+pub fn default_tls_names() -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(str::to_owned).into();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let hostname = hostname.trim().to_ascii_lowercase();
+    // A host name that is not a valid DNS name is left out rather than
+    // failing the boot; `--tls-names` can still name the server.
+    let usable = hostname.len() <= 253
+        && hostname.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if usable && !names.contains(&hostname) {
+        names.push(hostname);
+    }
+    names
+}

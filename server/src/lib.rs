@@ -5,4 +5,12 @@
 pub mod admin;
 pub mod config;
 pub mod control_db;
+pub mod drift;
+pub mod enrollment_admin;
+pub mod error;
 pub mod event_store;
+pub mod fleet;
+pub mod grpc;
+pub mod identity;
+pub mod ingest;
+pub mod serve;

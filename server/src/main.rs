@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tyr_server::admin;
 use tyr_server::config::{ControlDbConfig, EventStoreConfig};
+use tyr_server::enrollment_admin;
+use tyr_server::serve::ServeConfig;
 
 /// Tyr control plane: agents over mTLS gRPC (:7700), operators over REST
 /// (:7701), control data in PostgreSQL, events in ClickHouse.
@@ -28,12 +30,105 @@ enum Command {
         #[command(flatten)]
         event_store: EventStoreConfig,
     },
+    /// Serve daemons over mTLS gRPC until SIGTERM/SIGINT, then drain.
+    Serve(Box<ServeConfig>),
+    /// Policies (until the REST API lands).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Enrollment tokens for new daemons (until the REST API lands).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled daemons (until the REST API lands).
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Print drift counts per daemon and per discovered agent as JSON.
+    Drift {
+        /// Only this daemon.
+        #[arg(long)]
+        daemon: Option<uuid::Uuid>,
+        /// Only events of the last H hours.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=876_000))]
+        since_hours: Option<u32>,
+        #[command(flatten)]
+        event_store: EventStoreConfig,
+    },
     /// Print the state of PostgreSQL and ClickHouse as JSON.
     Status {
         #[command(flatten)]
         control_db: ControlDbConfig,
         #[command(flatten)]
         event_store: EventStoreConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy document (base rules and overlays, as `tyrd observe
+    /// --policy` reads it) and make it the base policy of the fleet, or of
+    /// one daemon; connected daemons it concerns receive it at once.
+    Set {
+        /// The policy YAML file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Only this daemon (its own base policy, before the fleet's).
+        #[arg(long)]
+        daemon: Option<uuid::Uuid>,
+        /// Name to store the policy under (default: `fleet-base`, or
+        /// `daemon-<ID>` with --daemon); setting a name again makes a new version.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once (JSON), with the CA pin a new host
+    /// checks; makes the CA in the data directory if it does not exist yet.
+    Create {
+        /// Hours until the token expires.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=87_600))]
+        expires_hours: u32,
+        /// How many daemons may enroll with it.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+        max_uses: u32,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        identity: tyr_server::config::IdentityConfig,
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+    /// List tokens as JSON (never their secrets).
+    List {
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+    /// Delete a token; exit 1 when there is none with this id.
+    Delete {
+        /// The token's id.
+        id: uuid::Uuid,
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonCommand {
+    /// List enrolled daemons as JSON.
+    List {
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+    /// Delete (revoke) a daemon: its live stream is closed and its
+    /// certificate refused; exit 1 when there is none with this id.
+    Delete {
+        /// The daemon's id.
+        id: uuid::Uuid,
+        #[command(flatten)]
+        control_db: ControlDbConfig,
     },
 }
 
@@ -70,12 +165,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "events schema applied"
             );
         }
+        Command::Serve(config) => {
+            let listeners = tyr_server::serve::Listeners::bind(&config).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tyr_server::serve::run(*config, listeners, shutdown).await?;
+        }
+        Command::Policy(PolicyCommand::Set { file, daemon, name, control_db }) => {
+            let stored = admin::set_policy(&control_db, &file, daemon, name).await?;
+            println!("{}", serde_json::to_string_pretty(&stored)?);
+        }
+        Command::Token(TokenCommand::Create { expires_hours, max_uses, description, identity, control_db }) => {
+            enrollment_admin::token_create(&control_db, &identity, expires_hours, max_uses, &description).await?;
+        }
+        Command::Token(TokenCommand::List { control_db }) => enrollment_admin::token_list(&control_db).await?,
+        Command::Token(TokenCommand::Delete { id, control_db }) => {
+            if !enrollment_admin::token_delete(&control_db, id).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::Daemon(DaemonCommand::List { control_db }) => enrollment_admin::daemon_list(&control_db).await?,
+        Command::Daemon(DaemonCommand::Delete { id, control_db }) => {
+            if !enrollment_admin::daemon_delete(&control_db, id).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::Drift { daemon, since_hours, event_store } => {
+            let filter = tyr_server::drift::counts::DriftFilter::last_hours(daemon, since_hours);
+            let store = tyr_server::event_store::EventStore::new(&event_store)?;
+            let counts = tyr_server::drift::counts::query(&store, filter).await?;
+            println!("{}", serde_json::to_string_pretty(&counts)?);
+        }
         Command::Status { control_db, event_store } => {
             let status = admin::status(&control_db, &event_store).await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
     }
     Ok(())
+}
+
+/// The one signal handler: SIGTERM or SIGINT starts the drain.
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: draining streams");
+    shutdown.cancel();
 }
 
 #[cfg(test)]

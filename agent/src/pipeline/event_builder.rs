@@ -1,7 +1,10 @@
-//! Turns decoded records into `Event`s: wall-clock time, a UUIDv7 id and the
-//! next sequence number, the acting process's exe, command line and lineage
-//! from the process cache, and per-kind metadata (flags, addresses, SNI and
-//! LLM provider).
+//! Turns decoded records into `Event`s: wall-clock time, a UUIDv7 id, the
+//! acting process's exe, command line and lineage from the process cache,
+//! and per-kind metadata (flags, addresses, SNI and LLM provider).
+//!
+//! The per-host sequence number is not stamped here: events are filtered
+//! after this stage, and the sink numbers what actually leaves the host, so
+//! the numbers the server sees are contiguous.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +17,6 @@ use uuid::{NoContext, Timestamp, Uuid};
 
 use super::clock::BootClock;
 use super::process_cache::{ProcessCache, ProcessInfo};
-use super::seq::SeqAllocator;
 use crate::capture::client_hello;
 use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, KernelDecision, Record};
 use crate::detect::tracker::{AgentLabel, AgentTracker, UNREGISTERED_AGENT};
@@ -27,7 +29,6 @@ use tyr_common::policy::model::{Request, Severity as PolicySeverity, Verdict as 
 pub struct EventBuilder {
     cache: ProcessCache,
     clock: BootClock,
-    seq: SeqAllocator,
     agents: AgentTracker,
     /// Rule names of the policies the kernel decided under.
     policies: PolicyVersions,
@@ -36,14 +37,15 @@ pub struct EventBuilder {
 }
 
 impl EventBuilder {
-    pub fn new(cache: ProcessCache, clock: BootClock, seq: SeqAllocator, agents: AgentTracker) -> Self {
-        Self { cache, clock, seq, agents, policies: PolicyVersions::default(), tls_unparsed: 0 }
+    /// A builder enriching from `cache`, timing with `clock` and labelling agents through `agents`.
+    pub fn new(cache: ProcessCache, clock: BootClock, agents: AgentTracker) -> Self {
+        Self { cache, clock, agents, policies: PolicyVersions::default(), tls_unparsed: 0 }
     }
 
-    /// A builder with an in-memory sequence, a cache of `capacity` and an
-    /// agent tracker attached to nothing (benchmarks, replays).
+    /// A builder with a cache of `capacity` and an agent tracker attached to
+    /// nothing (benchmarks, replays).
     pub fn in_memory(capacity: NonZeroUsize) -> Self {
-        Self::new(ProcessCache::new(capacity), BootClock::now(), SeqAllocator::in_memory(), AgentTracker::detached())
+        Self::new(ProcessCache::new(capacity), BootClock::now(), AgentTracker::detached())
     }
 
     /// Resolve kernel policy decisions' rule names through `policies`.
@@ -153,13 +155,15 @@ impl EventBuilder {
             None if header.flags & FLAG_OWNER_UNKNOWN != 0 => self.agents.label(0, 0),
             None => self.agents.label(header.pid, header.agent),
         };
+        // Decided from the tracker's label, not read back from the rendered event.
+        let unregistered = label.metadata.iter().any(|(key, value)| *key == UNREGISTERED_AGENT && &**value == "true");
         let mut event = self.assemble(&header, kind, resource, &process, metadata, &label);
         if event.metadata.contains_key("fingerprint_mismatch") {
             event.severity = Severity::High as i32;
         }
         match decision {
             Some(decision) => self.apply_decision(&mut event, &decision),
-            None => self.report_unenforced(&mut event, kind),
+            None => self.report_unenforced(&mut event, kind, unregistered),
         }
         event
     }
@@ -193,7 +197,7 @@ impl EventBuilder {
     /// ClientHello is parsed here): evaluate them here and say what the
     /// policy wanted and that it was not enforced, so an allowed operation
     /// is never mistaken for a policy decision.
-    fn report_unenforced(&self, event: &mut Event, kind: EventKind) {
+    fn report_unenforced(&self, event: &mut Event, kind: EventKind, unregistered: bool) {
         let request = match kind {
             EventKind::Exec => Request::Exec { path: &event.resource },
             EventKind::FileRead | EventKind::FileWrite => {
@@ -211,7 +215,6 @@ impl EventBuilder {
         };
         let Some((version, policy)) = self.policies.in_force() else { return };
         // Unregistered agents are governed by their own overlay.
-        let unregistered = event.metadata.get(UNREGISTERED_AGENT).is_some_and(|v| v == "true");
         let agent_type = if unregistered { UNREGISTERED } else { event.agent_type.as_str() };
         let decision = policy.decide(agent_type, &request);
         let Some(rule) = decision.rule else { return };
@@ -291,7 +294,8 @@ impl EventBuilder {
             cmdline: process.cmdline.to_string(),
             timestamp_ns,
             metadata: with_lineage(metadata, process),
-            seq: self.seq.allocate(),
+            // Stamped by the sink, after filtering.
+            seq: 0,
             ppid: i64::from(if header.ppid != 0 { header.ppid } else { process.ppid }),
             agent_type: label.agent_type.to_owned(),
             policy_version: 0,
@@ -415,7 +419,6 @@ mod tests {
         EventBuilder::new(
             ProcessCache::with_proc_root(NonZeroUsize::new(64).expect("nonzero"), PathBuf::from("/nonexistent")),
             BootClock::with_offset(1_700_000_000_000_000_000),
-            SeqAllocator::in_memory(),
             AgentTracker::detached(),
         )
     }
@@ -427,14 +430,13 @@ mod tests {
         assert_eq!(exec.kind, EventKind::Exec as i32);
         assert_eq!(exec.resource, "/usr/bin/cat");
         assert_eq!(exec.cmdline, "cat /etc/hosts");
-        assert_eq!(exec.seq, 1);
+        assert_eq!(exec.seq, 0, "numbered by the sink, after filtering");
         assert_eq!(exec.timestamp_ns, 1_700_000_001_000_000_000);
         let open = b.build(&encode::file_open(50, "cat", "/etc/hosts", false)).expect("open");
         assert_eq!(open.kind, EventKind::FileRead as i32);
         assert_eq!(open.process_exe, "/usr/bin/cat");
         assert_eq!(open.cmdline, "cat /etc/hosts");
         assert_eq!(open.metadata["flags"], "O_RDONLY|O_CLOEXEC");
-        assert_eq!(open.seq, 2);
         let id = Uuid::parse_str(&open.event_id).expect("uuid");
         assert_eq!(id.get_version_num(), 7);
         let exit = b.build(&encode::exit(50, "cat", 3 << 8)).expect("exit");

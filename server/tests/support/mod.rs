@@ -20,3 +20,5 @@ pub fn clickhouse_url() -> String {
 pub fn scratch_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
+
+pub mod serving;

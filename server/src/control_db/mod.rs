@@ -3,6 +3,10 @@
 //! The migrations live in the repository's `migrations/` folder and are
 //! embedded into the binary, so a deployed server migrates itself.
 
+pub mod daemons;
+pub mod policies;
+pub mod tokens;
+
 use std::time::Duration;
 
 use sqlx::PgPool;

@@ -1,0 +1,155 @@
+//! The capture loop's counters: atomics other threads (heartbeats, metrics)
+//! read at any time, and the serialisable snapshot `tyrd observe` prints
+//! on exit.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::kinds::{ALL_KINDS, KIND_COUNT};
+
+/// Counters printed on exit (a [`LiveCounters::snapshot`]).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    /// Records decoded, by kind (before the userspace filters).
+    pub seen: BTreeMap<&'static str, u64>,
+    /// Records the kernel could not emit, by kind.
+    pub lost: BTreeMap<&'static str, u64>,
+    /// Operations let through unchecked by policy (no scratch space), by kind.
+    pub undecided: BTreeMap<&'static str, u64>,
+    /// Records that did not decode.
+    pub decode_failed: u64,
+    /// Events delivered to the sink (printed, for `tyrd observe`).
+    pub printed: u64,
+    /// TLS records whose ClientHello did not parse (still delivered).
+    pub tls_unparsed: u64,
+    /// Processes looked up in /proc because they started before tyrd.
+    pub proc_reads: u64,
+    /// AI agents discovered on this host so far.
+    pub agents_discovered: usize,
+    /// Writes to the kernel's pid -> agent map that failed.
+    pub agent_map_failures: u64,
+    /// Saves of the discovered-agents file that failed.
+    pub agent_save_failures: u64,
+    /// Old policy slots that could not be emptied after a swap.
+    pub policy_clear_failures: u64,
+    /// Policy swaps that waited a fixed grace, not an RCU grace period,
+    /// before emptying the old slot.
+    pub policy_swaps_unsynchronised: u64,
+}
+
+/// Counters of a running capture loop, by atomics: readable from any thread
+/// at any time. Kernel counts (lost, undecided) are polled every second;
+/// the rest are published by the loop as it goes.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Records decoded, by kind number.
+    seen: [AtomicU64; KIND_COUNT],
+    /// Records the kernel could not emit, by kind number.
+    lost: [AtomicU64; KIND_COUNT],
+    /// Operations let through unchecked by policy, by kind number.
+    undecided: [AtomicU64; KIND_COUNT],
+    /// Records that did not decode.
+    pub decode_failed: AtomicU64,
+    /// Records dropped because the userspace queue was full. The ring reader
+    /// waits for the queue instead of dropping (loss then happens in the
+    /// kernel, counted in `lost`), so this stays 0; it is kept for the
+    /// heartbeat's drop counters.
+    pub queue_overflow: AtomicU64,
+    /// Events the sink took.
+    pub delivered: AtomicU64,
+    /// Batches the sink refused (the output was gone; the loop stopped).
+    pub sink_failures: AtomicU64,
+    /// TLS records whose ClientHello did not parse.
+    pub tls_unparsed: AtomicU64,
+    /// Processes read from /proc.
+    pub proc_reads: AtomicU64,
+    /// AI agents discovered on this host so far.
+    pub agents_discovered: AtomicU64,
+    /// Failed writes to the kernel's pid -> agent map.
+    pub agent_map_failures: AtomicU64,
+    /// Failed saves of the discovered-agents file.
+    pub agent_save_failures: AtomicU64,
+    /// The policy version installed in the kernel (0: none yet).
+    pub applied_policy_version: AtomicI64,
+    /// Policy updates that could not be installed (the previous policy stayed).
+    pub policy_install_failures: AtomicU64,
+    /// Old policy slots that could not be emptied after a swap.
+    pub policy_clear_failures: AtomicU64,
+    /// Swaps that waited a fixed grace rather than an RCU grace period.
+    pub policy_swaps_unsynchronised: AtomicU64,
+}
+
+fn load_all(counts: &[AtomicU64; KIND_COUNT]) -> [u64; KIND_COUNT] {
+    std::array::from_fn(|i| counts[i].load(Ordering::Relaxed))
+}
+
+fn named(counts: &[u64; KIND_COUNT]) -> BTreeMap<&'static str, u64> {
+    ALL_KINDS.iter().map(|&kind| (kind.as_str_name(), counts[kind as usize])).collect()
+}
+
+impl LiveCounters {
+    /// Counts one decoded record of kind number `kind`.
+    pub(super) fn saw(&self, kind: i32) {
+        if let Some(count) = usize::try_from(kind).ok().and_then(|k| self.seen.get(k)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores the kernel's lost and undecided totals.
+    pub(super) fn set_kernel(&self, lost: &[u64; KIND_COUNT], undecided: &[u64; KIND_COUNT]) {
+        for (slot, value) in self.lost.iter().zip(lost) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+        for (slot, value) in self.undecided.iter().zip(undecided) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the kernel could not emit, by kind name (the heartbeat's
+    /// `ringbuf_reserve_failed`).
+    pub fn lost_by_kind(&self) -> BTreeMap<&'static str, u64> {
+        named(&load_all(&self.lost))
+    }
+
+    /// The counters as `tyrd observe` prints them.
+    pub fn snapshot(&self) -> Counters {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Counters {
+            seen: named(&load_all(&self.seen)),
+            lost: named(&load_all(&self.lost)),
+            undecided: named(&load_all(&self.undecided)),
+            decode_failed: get(&self.decode_failed),
+            printed: get(&self.delivered),
+            tls_unparsed: get(&self.tls_unparsed),
+            proc_reads: get(&self.proc_reads),
+            agents_discovered: usize::try_from(get(&self.agents_discovered)).unwrap_or(usize::MAX),
+            agent_map_failures: get(&self.agent_map_failures),
+            agent_save_failures: get(&self.agent_save_failures),
+            policy_clear_failures: get(&self.policy_clear_failures),
+            policy_swaps_unsynchronised: get(&self.policy_swaps_unsynchronised),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tyr_proto::EventKind;
+
+    #[test]
+    fn snapshot_names_every_kind() {
+        let counters = LiveCounters::default();
+        counters.saw(EventKind::Exec as i32);
+        counters.saw(-1);
+        let mut lost = [0; KIND_COUNT];
+        lost[EventKind::Tls as usize] = 4;
+        counters.set_kernel(&lost, &[0; KIND_COUNT]);
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot.seen["EXEC"], 1);
+        assert_eq!(snapshot.lost["TLS"], 4);
+        assert_eq!(snapshot.seen.len(), ALL_KINDS.len());
+        assert_eq!(counters.lost_by_kind()["TLS"], 4);
+    }
+}

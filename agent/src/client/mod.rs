@@ -1,0 +1,12 @@
+//! tyrd's side of the fleet link: enrollment (key, CSR, Register) with trust
+//! on first contact, the mTLS channel, reconnect backoff, and the Stream
+//! session that sends spooled batches and applies what the server pushes.
+
+pub mod backoff;
+pub mod channel;
+pub mod enroll;
+pub mod identity;
+pub mod link;
+pub mod policy;
+pub mod session;
+pub mod trust;

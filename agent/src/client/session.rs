@@ -1,0 +1,378 @@
+//! One Stream session with tyr-server: `CapabilityReport` first, then at
+//! once (one task, one `select!`):
+//! - spooled batches in sequence order, from the spool's acknowledged
+//!   position (everything unacknowledged is replayed after a reconnect or
+//!   restart), following appends, with at most [`MAX_IN_FLIGHT`] batches
+//!   unacknowledged on the stream;
+//! - what the server sends: `BatchAck` (the spool deletes what it covers),
+//!   `PolicyPush` (verified, stored, handed to the capture loop),
+//!   `ConfigUpdate`, `PingRequest`;
+//! - a heartbeat every `heartbeat_interval_s` with the counters.
+//!
+//! The session ends on shutdown (the request stream is closed: the server
+//! sees a clean end of stream), on any stream error, or when the server
+//! refuses this daemon's identity.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+use tyr_proto::agent_message::Payload as Outgoing;
+use tyr_proto::agent_service_client::AgentServiceClient;
+use tyr_proto::server_message::Payload as Incoming;
+use tyr_proto::{
+    AgentMessage, BatchAck, CapabilityReport, ConfigUpdate, DropCounters, EventBatch, Heartbeat, PingResponse,
+    PolicyPush,
+};
+
+use super::policy::{self, StoredPush, VerifiedPolicy};
+use crate::detect::tracker::UnregisteredAgents;
+use crate::spool::Spool;
+
+/// Batches sent and not yet acknowledged on one stream, at most.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Messages queued for the request stream.
+const OUTBOUND_QUEUE: usize = MAX_IN_FLIGHT + 16;
+
+/// What the capture side reports for heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureCounters {
+    /// Version of the policy installed in the kernel maps (0: none).
+    pub applied_policy_version: i64,
+    /// Kernel ring-buffer reserve failures, by event kind name.
+    pub ringbuf_lost: BTreeMap<String, u64>,
+    /// Records dropped because the userspace queue was full.
+    pub queue_overflow: u64,
+    /// Records that did not decode.
+    pub decode_failed: u64,
+}
+
+/// The capture side as a session drives it.
+pub trait CaptureControl: Debug + Send + Sync + 'static {
+    /// Hands a verified policy to the capture loop (which installs it
+    /// atomically); false when the capture loop is gone.
+    fn install_policy(&self, policy: VerifiedPolicy) -> bool;
+    /// The counters heartbeats carry.
+    fn counters(&self) -> CaptureCounters;
+    /// Changes batch size and interval; false when they only apply from the
+    /// next start.
+    fn set_batching(&self, max_events: u32, max_delay: Duration) -> bool;
+    /// Turns TLS capture on or off; false when it only applies from the
+    /// next start.
+    fn set_tls_capture(&self, enabled: bool) -> bool;
+}
+
+/// What the server may change while tyrd runs (kept across reconnects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// What unregistered agents get.
+    pub unregistered_agents: UnregisteredAgents,
+}
+
+/// What every session of this process shares.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// The spool batches are sent from.
+    pub spool: Spool,
+    /// The capture loop.
+    pub capture: Arc<dyn CaptureControl>,
+    /// Where the last policy push is kept.
+    pub state_dir: PathBuf,
+    /// Sent first on every stream.
+    pub capabilities: CapabilityReport,
+    /// Server-adjustable settings.
+    pub settings: Arc<Mutex<LiveSettings>>,
+    /// Pushes whose entries tyrd's compiler did not reproduce.
+    pub policy_skew_total: Arc<AtomicU64>,
+    /// Pushes refused (malformed or not compilable here).
+    pub policy_refused_total: Arc<AtomicU64>,
+}
+
+impl SessionContext {
+    fn settings(&self) -> LiveSettings {
+        match self.settings.lock() {
+            Ok(settings) => *settings,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn update_settings(&self, change: impl FnOnce(&mut LiveSettings)) {
+        match self.settings.lock() {
+            Ok(mut settings) => change(&mut settings),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Shutdown was requested; the stream was closed.
+    Shutdown,
+    /// The server refused this daemon's identity (`UNAUTHENTICATED`).
+    Refused(tonic::Status),
+    /// The stream failed; reconnect after a backoff.
+    Failed(String),
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// A heartbeat with the counters as they are now.
+pub fn heartbeat(ctx: &SessionContext) -> Heartbeat {
+    let counters = ctx.capture.counters();
+    let stats = ctx.spool.stats();
+    Heartbeat {
+        timestamp_ns: now_ns(),
+        policy_version: counters.applied_policy_version,
+        last_seq: stats.last_seq,
+        drops: Some(DropCounters {
+            ringbuf_reserve_failed: counters.ringbuf_lost,
+            queue_overflow: counters.queue_overflow,
+            spool_evicted: stats.evicted_events,
+            decode_failed: counters.decode_failed,
+        }),
+        spooled_events: stats.events,
+        spool_bytes: stats.bytes,
+    }
+}
+
+/// Verifies, stores and installs a push; the policy in force stays on any
+/// error.
+pub async fn apply_push(ctx: &SessionContext, push: &PolicyPush) {
+    let version = push.policy_version;
+    let unregistered = ctx.settings().unregistered_agents;
+    let stored = StoredPush::from_push(push);
+    let state_dir = ctx.state_dir.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        let verified = stored.verify(unregistered)?;
+        stored.save(&state_dir)?;
+        Ok::<_, policy::PolicyError>(verified)
+    })
+    .await;
+    match verified {
+        Ok(Ok(verified)) => {
+            if verified.skew {
+                ctx.policy_skew_total.fetch_add(1, Ordering::Relaxed);
+            }
+            if ctx.capture.install_policy(verified) {
+                info!(version, "policy received");
+            } else {
+                warn!(version, "policy received but the capture loop is gone");
+            }
+        }
+        Ok(Err(error)) => {
+            ctx.policy_refused_total.fetch_add(1, Ordering::Relaxed);
+            warn!(%error, version, "policy push refused, the policy in force stays");
+        }
+        Err(error) => warn!(%error, version, "policy push check failed"),
+    }
+}
+
+/// Re-derives the stored policy after the unregistered-agents mode changed.
+async fn reinstall_stored(ctx: &SessionContext) {
+    let state_dir = ctx.state_dir.clone();
+    let unregistered = ctx.settings().unregistered_agents;
+    let verified = tokio::task::spawn_blocking(move || {
+        StoredPush::load(&state_dir)?.map(|stored| stored.verify(unregistered)).transpose()
+    })
+    .await;
+    match verified {
+        Ok(Ok(Some(verified))) => {
+            let version = verified.version;
+            if ctx.capture.install_policy(verified) {
+                info!(version, mode = unregistered.as_str(), "policy reinstalled for the new unregistered-agents mode");
+            }
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => warn!(%error, "stored policy could not be re-derived, the policy in force stays"),
+        Err(error) => warn!(%error, "stored policy check failed"),
+    }
+}
+
+/// Applies a `ConfigUpdate`; returns the new heartbeat interval when it changed.
+async fn apply_config(ctx: &SessionContext, update: &ConfigUpdate) -> Option<Duration> {
+    let mut new_interval = None;
+    if update.heartbeat_interval_s > 0 {
+        let interval = Duration::from_secs(u64::from(update.heartbeat_interval_s));
+        if ctx.settings().heartbeat_interval != interval {
+            ctx.update_settings(|s| s.heartbeat_interval = interval);
+            new_interval = Some(interval);
+        }
+    }
+    if update.batch_max_events > 0 && update.batch_max_interval_ms > 0 {
+        let delay = Duration::from_millis(u64::from(update.batch_max_interval_ms));
+        if !ctx.capture.set_batching(update.batch_max_events, delay) {
+            info!(
+                max_events = update.batch_max_events,
+                max_ms = update.batch_max_interval_ms,
+                "batch settings from the server apply from the next start"
+            );
+        }
+    }
+    if !ctx.capture.set_tls_capture(update.tls_capture) {
+        debug!(enabled = update.tls_capture, "tls capture setting applies from the next start");
+    }
+    if !update.unregistered_agents.is_empty() {
+        match <UnregisteredAgents as clap::ValueEnum>::from_str(&update.unregistered_agents, false) {
+            Ok(mode) if mode != ctx.settings().unregistered_agents => {
+                ctx.update_settings(|s| s.unregistered_agents = mode);
+                reinstall_stored(ctx).await;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                warn!(value = %update.unregistered_agents, "unknown unregistered_agents mode from the server, ignored")
+            }
+        }
+    }
+    new_interval
+}
+
+fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
+/// Sends on the request stream unless shutdown comes first.
+async fn send(
+    tx: &mpsc::Sender<AgentMessage>,
+    payload: Outgoing,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    tokio::select! {
+        sent = tx.send(AgentMessage { payload: Some(payload) }) => {
+            sent.map_err(|_| SessionEnd::Failed("request stream closed".to_owned()))
+        }
+        () = shutdown.cancelled() => Err(SessionEnd::Shutdown),
+    }
+}
+
+/// The next spooled batch after `cursor`, read off the runtime.
+async fn next_batch(spool: &Spool, cursor: u64) -> Result<Option<EventBatch>, SessionEnd> {
+    let spool = spool.clone();
+    match tokio::task::spawn_blocking(move || spool.next_batch(cursor)).await {
+        Ok(Ok(batch)) => Ok(batch),
+        Ok(Err(error)) => Err(SessionEnd::Failed(format!("reading the spool: {error}"))),
+        Err(error) => Err(SessionEnd::Failed(format!("reading the spool: {error}"))),
+    }
+}
+
+/// Runs one session on `channel` until it ends.
+pub async fn run(channel: Channel, ctx: &SessionContext, shutdown: &CancellationToken) -> SessionEnd {
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    if tx.send(AgentMessage { payload: Some(Outgoing::Capabilities(ctx.capabilities.clone())) }).await.is_err() {
+        return SessionEnd::Failed("request stream closed".to_owned());
+    }
+    let mut client = AgentServiceClient::new(channel);
+    let opened = tokio::select! {
+        opened = client.stream(ReceiverStream::new(rx)) => opened,
+        () = shutdown.cancelled() => return SessionEnd::Shutdown,
+    };
+    let mut inbound = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => return SessionEnd::Refused(status),
+        Err(status) => return SessionEnd::Failed(format!("opening the stream: {status}")),
+    };
+    info!("stream open");
+    match exchange(ctx, &tx, &mut inbound, shutdown).await {
+        // Dropping the sender ends the request stream cleanly.
+        end @ SessionEnd::Shutdown => {
+            drop(tx);
+            info!("stream closed for shutdown");
+            end
+        }
+        end => end,
+    }
+}
+
+/// The body of a session, once the stream is open.
+async fn exchange(
+    ctx: &SessionContext,
+    tx: &mpsc::Sender<AgentMessage>,
+    inbound: &mut tonic::Streaming<tyr_proto::ServerMessage>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let notify = ctx.spool.notifier();
+    // Replay everything not acknowledged, in sequence order.
+    let mut cursor = ctx.spool.stats().acked_seq;
+    // Last sequence number of each batch sent and not yet acknowledged.
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let mut spool_drained = false;
+    let mut heartbeats = heartbeat_timer(ctx.settings().heartbeat_interval);
+    loop {
+        if in_flight.len() < MAX_IN_FLIGHT && !spool_drained {
+            match next_batch(&ctx.spool, cursor).await {
+                Ok(Some(batch)) => {
+                    let last = batch.events.last().map_or(batch.batch_id, |e| e.seq);
+                    cursor = last;
+                    in_flight.push_back(last);
+                    if let Err(end) = send(tx, Outgoing::EventBatch(batch), shutdown).await {
+                        return end;
+                    }
+                    continue;
+                }
+                Ok(None) => spool_drained = true,
+                Err(end) => return end,
+            }
+        }
+        let may_send = in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            message = inbound.message() => {
+                let payload = match message {
+                    Ok(Some(message)) => message.payload,
+                    Ok(None) => return SessionEnd::Failed("the server closed the stream".to_owned()),
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => return SessionEnd::Refused(status),
+                    Err(status) => return SessionEnd::Failed(format!("stream: {status}")),
+                };
+                match payload {
+                    Some(Incoming::Ack(BatchAck { batch_id, acked_seq })) => {
+                        debug!(batch_id, acked_seq, "batch acknowledged");
+                        let spool = ctx.spool.clone();
+                        match tokio::task::spawn_blocking(move || spool.acknowledge(acked_seq)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => warn!(%error, acked_seq, "spool acknowledgement failed"),
+                            Err(error) => warn!(%error, acked_seq, "spool acknowledgement failed"),
+                        }
+                        while in_flight.front().is_some_and(|&last| last <= acked_seq) {
+                            in_flight.pop_front();
+                        }
+                        spool_drained = false;
+                    }
+                    Some(Incoming::Policy(push)) => apply_push(ctx, &push).await,
+                    Some(Incoming::Config(update)) => {
+                        if let Some(period) = apply_config(ctx, &update).await {
+                            heartbeats = heartbeat_timer(period);
+                        }
+                    }
+                    Some(Incoming::Ping(ping)) => {
+                        if let Err(end) = send(tx, Outgoing::Pong(PingResponse { nonce: ping.nonce }), shutdown).await {
+                            return end;
+                        }
+                    }
+                    None => debug!("empty server message ignored"),
+                }
+            }
+            _ = heartbeats.tick() => {
+                if let Err(end) = send(tx, Outgoing::Heartbeat(heartbeat(ctx)), shutdown).await {
+                    return end;
+                }
+            }
+            () = notify.notified(), if may_send => spool_drained = false,
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Unit tests of the spool: replay order, acknowledgement, the bound,
+//! recovery after reopen, damaged files, write failures, and a model check.
+
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("tyr-spool-{}", uuid::Uuid::new_v4().simple()));
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn events(n: usize, tag: &str) -> Vec<Event> {
+    (0..n).map(|i| Event { resource: format!("{tag}-{i}"), ..Event::default() }).collect()
+}
+
+fn seqs(batch: &EventBatch) -> Vec<u64> {
+    batch.events.iter().map(|e| e.seq).collect()
+}
+
+/// Bytes one batch file of `n` events tagged `tag` takes.
+fn file_bytes(n: usize, tag: &str, first: u64) -> u64 {
+    let mut events = events(n, tag);
+    for (event, seq) in events.iter_mut().zip(first..) {
+        event.seq = seq;
+    }
+    file::encode(&EventBatch { events, batch_id: first }).len() as u64
+}
+
+#[test]
+fn replays_in_order_and_acknowledgement_deletes() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    let a = spool.append(events(3, "a")).expect("append");
+    let b = spool.append(events(2, "b")).expect("append");
+    assert_eq!((a.first_seq, a.last_seq, b.first_seq, b.last_seq), (1, 3, 4, 5));
+    let first = spool.next_batch(0).expect("read").expect("a batch");
+    assert_eq!((first.batch_id, seqs(&first)), (1, vec![1, 2, 3]));
+    assert_eq!(first.events[0].resource, "a-0");
+    let second = spool.next_batch(3).expect("read").expect("a batch");
+    assert_eq!((second.batch_id, seqs(&second)), (4, vec![4, 5]));
+    assert!(spool.next_batch(5).expect("read").is_none());
+    // A position inside a batch moves to the next batch.
+    assert_eq!(spool.next_batch(1).expect("read").expect("batch").batch_id, 4);
+
+    spool.acknowledge(3).expect("ack");
+    let stats = spool.stats();
+    assert_eq!((stats.batches, stats.events, stats.acked_seq, stats.last_seq), (1, 2, 3, 5));
+    assert_eq!(spool.next_batch(0).expect("read").expect("batch").batch_id, 4);
+    // Partially covered: the batch stays.
+    spool.acknowledge(4).expect("ack");
+    assert_eq!(spool.stats().batches, 1);
+    spool.acknowledge(5).expect("ack");
+    assert_eq!(spool.stats().batches, 0);
+    assert_eq!(spool.stats().bytes, 0);
+    let names: Vec<String> =
+        fs::read_dir(&dir.0).expect("list").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
+    assert_eq!(names, [ACKED_FILE], "only the state file is left");
+}
+
+#[test]
+fn acknowledgement_beyond_the_last_number_is_clamped() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    spool.append(events(2, "a")).expect("append");
+    spool.acknowledge(1000).expect("ack");
+    assert_eq!(spool.stats().acked_seq, 2);
+    assert_eq!(spool.append(events(1, "b")).expect("append").first_seq, 3);
+    // Older acknowledgements change nothing.
+    spool.acknowledge(1).expect("ack");
+    assert_eq!(spool.stats().acked_seq, 2);
+    assert_eq!(spool.stats().batches, 1);
+}
+
+#[test]
+fn bound_evicts_oldest_and_counts_exactly() {
+    let dir = TempDir::new();
+    let one = file_bytes(10, "x", 1);
+    // Room for three batches of this size (all are the same size: the
+    // sequence numbers 1..=50 encode to one byte each as varints).
+    let spool = Spool::open(&dir.0, one * 3).expect("open");
+    let mut evicted = 0;
+    for _ in 0..5 {
+        evicted += spool.append(events(10, "x")).expect("append").evicted_events;
+    }
+    let stats = spool.stats();
+    assert_eq!(evicted, 20);
+    assert_eq!((stats.evicted_batches, stats.evicted_events), (2, 20));
+    assert_eq!((stats.batches, stats.events, stats.bytes), (3, 30, one * 3));
+    assert_eq!(spool.next_batch(0).expect("read").expect("batch").batch_id, 21);
+
+    // A batch larger than the bound alone is kept; everything older goes.
+    let small_dir = TempDir::new();
+    let small = Spool::open(&small_dir.0, 1).expect("open");
+    small.append(events(5, "y")).expect("append");
+    let appended = small.append(events(5, "y")).expect("append");
+    assert_eq!(appended.evicted_events, 5);
+    assert_eq!(small.stats().batches, 1);
+    assert_eq!(small.next_batch(0).expect("read").expect("batch").batch_id, 6);
+}
+
+#[test]
+fn reopen_resumes_the_sequence() {
+    let dir = TempDir::new();
+    {
+        let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+        spool.append(events(4, "a")).expect("append");
+        spool.append(events(3, "b")).expect("append");
+        spool.acknowledge(4).expect("ack");
+    }
+    {
+        let spool = Spool::open(&dir.0, u64::MAX).expect("reopen");
+        let stats = spool.stats();
+        assert_eq!((stats.last_seq, stats.acked_seq, stats.batches), (7, 4, 1));
+        assert_eq!(spool.next_batch(0).expect("read").expect("batch").batch_id, 5);
+        spool.acknowledge(7).expect("ack everything");
+    }
+    // Every batch deleted: the acked state file still holds the last number.
+    let spool = Spool::open(&dir.0, u64::MAX).expect("reopen");
+    assert_eq!(spool.stats().last_seq, 7);
+    assert_eq!(spool.append(events(1, "c")).expect("append").first_seq, 8);
+}
+
+#[test]
+fn torn_final_file_is_ignored_counted_and_its_numbers_stay_used() {
+    let dir = TempDir::new();
+    {
+        let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+        spool.append(events(3, "a")).expect("append");
+        spool.append(events(3, "b")).expect("append");
+    }
+    let torn = dir.0.join(batch_name(4, 6));
+    let bytes = fs::read(&torn).expect("read");
+    fs::write(&torn, &bytes[..bytes.len() / 2]).expect("tear");
+    // A temporary file from an append that never returned is not a batch.
+    fs::write(dir.0.join(tmp_name(7)), b"partial").expect("tmp");
+    let spool = Spool::open(&dir.0, u64::MAX).expect("reopen");
+    let stats = spool.stats();
+    assert_eq!((stats.torn_files, stats.torn_events, stats.batches, stats.last_seq), (1, 3, 1, 6));
+    assert_eq!(spool.next_batch(0).expect("read").expect("batch").batch_id, 1);
+    assert!(spool.next_batch(1).expect("read").is_none());
+    assert_eq!(spool.append(events(1, "c")).expect("append").first_seq, 7);
+    assert!(!dir.0.join(tmp_name(7)).exists());
+}
+
+#[test]
+fn damage_found_when_reading_is_skipped_and_counted() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    spool.append(events(2, "a")).expect("append");
+    spool.append(events(2, "b")).expect("append");
+    let path = dir.0.join(batch_name(1, 2));
+    let mut bytes = fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&path, bytes).expect("corrupt");
+    assert_eq!(spool.next_batch(0).expect("read").expect("batch").batch_id, 3);
+    assert_eq!((spool.stats().torn_files, spool.stats().torn_events), (1, 2));
+}
+
+#[test]
+fn failed_write_uses_no_numbers() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    spool.append(events(2, "a")).expect("append");
+    fs::remove_dir_all(&dir.0).expect("pull the directory away");
+    assert!(spool.append(events(2, "lost")).is_err());
+    assert_eq!(spool.stats().write_failures, 1);
+    assert_eq!(spool.stats().last_seq, 2);
+    fs::create_dir_all(&dir.0).expect("recreate");
+    assert_eq!(spool.append(events(2, "b")).expect("append").first_seq, 3);
+}
+
+#[test]
+fn corrupt_state_file_is_refused() {
+    let dir = TempDir::new();
+    fs::create_dir_all(&dir.0).expect("dir");
+    fs::write(dir.0.join(ACKED_FILE), "garbage").expect("write");
+    assert!(matches!(Spool::open(&dir.0, u64::MAX), Err(SpoolError::BadState { .. })));
+}
+
+#[test]
+fn empty_append_writes_nothing() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    let appended = spool.append(Vec::new()).expect("append");
+    assert_eq!((appended.first_seq, appended.last_seq), (1, 0));
+    assert_eq!(spool.stats().batches, 0);
+    assert_eq!(spool.append(events(1, "a")).expect("append").first_seq, 1);
+}
+
+/// One step of the model check.
+#[derive(Debug, Clone)]
+enum Op {
+    Append(usize),
+    Ack(u64),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1usize..6).prop_map(Op::Append),
+        2 => (0u64..40).prop_map(Op::Ack),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The spool against a model: a list of (first, last) batches, the last
+    /// number used, the acknowledged number, a byte bound.
+    #[test]
+    fn matches_the_model(ops in proptest::collection::vec(op(), 1..40), bound_batches in 1u64..6) {
+        let dir = TempDir::new();
+        let max_bytes = file_bytes(5, "m", 1) * bound_batches;
+        let mut spool = Spool::open(&dir.0, max_bytes).expect("open");
+        let mut model: Vec<(u64, u64, u64)> = Vec::new();
+        let (mut last, mut acked, mut evicted) = (0u64, 0u64, 0u64);
+        for op in ops {
+            match op {
+                Op::Append(n) => {
+                    let appended = spool.append(events(n, "m")).expect("append");
+                    prop_assert_eq!(appended.first_seq, last + 1);
+                    let bytes = file_bytes(n, "m", last + 1);
+                    last += n as u64;
+                    model.push((appended.first_seq, last, bytes));
+                    let mut total: u64 = model.iter().map(|b| b.2).sum();
+                    let mut gone = 0;
+                    while total > max_bytes && model.len() > 1 {
+                        let (f, l, b) = model.remove(0);
+                        total -= b;
+                        gone += l - f + 1;
+                    }
+                    evicted += gone;
+                    prop_assert_eq!(appended.evicted_events, gone);
+                }
+                Op::Ack(seq) => {
+                    spool.acknowledge(seq).expect("ack");
+                    acked = acked.max(seq.min(last));
+                    model.retain(|&(_, l, _)| l > acked);
+                }
+                Op::Reopen => {
+                    drop(spool);
+                    spool = Spool::open(&dir.0, max_bytes).expect("reopen");
+                    evicted = 0;
+                }
+            }
+            let stats = spool.stats();
+            prop_assert_eq!(stats.last_seq, last);
+            prop_assert_eq!(stats.batches, model.len() as u64);
+            prop_assert_eq!(stats.events, model.iter().map(|b| b.1 - b.0 + 1).sum::<u64>());
+            prop_assert_eq!(stats.evicted_events, evicted);
+            let mut after = 0;
+            for &(first, last, _) in &model {
+                let batch = spool.next_batch(after).expect("read").expect("a batch");
+                prop_assert_eq!(batch.batch_id, first);
+                prop_assert_eq!(seqs(&batch), (first..=last).collect::<Vec<_>>());
+                after = last;
+            }
+            prop_assert!(spool.next_batch(after).expect("read").is_none());
+        }
+    }
+}
