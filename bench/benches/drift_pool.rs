@@ -1,6 +1,12 @@
 //! Drift decisions per second at a 100-rule policy: the evaluator pool (N
 //! worker threads) beside single-threaded plain `CedarEvaluator::decide` on
 //! the same events. Throughput is reported in events per second.
+//!
+//! The pool remembers decisions per policy version (`drift::memo`); the
+//! events here repeat about 480 distinct requests, as a fleet repeats its
+//! files and hosts. `pool_cold` parses a fresh policy for every iteration,
+//! so each distinct request is decided by Cedar once per iteration;
+//! `pool_warm` keeps the policy, so every decision is remembered.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -8,10 +14,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use criterion::BatchSize;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tyr_common::policy::{CedarEvaluator, Request, parse_policy, to_cedar};
 use tyr_proto::{Event, EventKind, Verdict};
-use tyr_server::drift::{DriftContext, DriftPool, PolicyCache};
+
+use tyr_server::drift::{DriftContext, DriftPolicy, DriftPool, PolicyCache};
 use uuid::Uuid;
 
 const EVENTS: usize = 5_000;
@@ -103,16 +111,25 @@ fn drift_decisions(c: &mut Criterion) {
             }
         });
     });
-    group.bench_function(format!("pool_{workers}_workers"), |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let receivers: Vec<_> = batches.iter().map(|batch| pool.submit(ctx.clone(), batch.clone())).collect();
-                for receiver in receivers {
-                    black_box(receiver.await.expect("evaluated"));
-                }
-            });
+    let run = |ctx: &DriftContext| {
+        runtime.block_on(async {
+            let receivers: Vec<_> = batches.iter().map(|batch| pool.submit(ctx.clone(), batch.clone())).collect();
+            for receiver in receivers {
+                black_box(receiver.await.expect("evaluated"));
+            }
         });
+    };
+    group.bench_function(format!("pool_cold_{workers}_workers"), |b| {
+        b.iter_batched(
+            || {
+                let fresh = Arc::new(DriftPolicy::new(VERSION, &cedar).expect("cedar loads"));
+                DriftContext::new(Uuid::now_v7(), fresh, Arc::new(BTreeSet::from([VERSION])))
+            },
+            |fresh| run(&fresh),
+            BatchSize::PerIteration,
+        );
     });
+    group.bench_function(format!("pool_warm_{workers}_workers"), |b| b.iter(|| run(&ctx)));
     group.finish();
 }
 

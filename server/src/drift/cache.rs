@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tyr_common::policy::CedarEvaluator;
+use tyr_common::policy::cedar::{CedarError, CedarVerdict};
+use tyr_common::policy::{CedarEvaluator, Request};
 
 use super::DriftError;
+use super::memo::DecisionMemo;
 
 /// A policy version as the drift pool evaluates it.
 #[derive(Debug)]
@@ -21,13 +23,21 @@ pub struct DriftPolicy {
     pub version: i64,
     /// The version's Cedar text, parsed.
     pub evaluator: CedarEvaluator,
+    /// Decisions already taken under this version.
+    pub memo: DecisionMemo,
 }
 
 impl DriftPolicy {
     /// Parses `cedar_text` as the policy of `version`.
     pub fn new(version: i64, cedar_text: &str) -> Result<Self, DriftError> {
         let evaluator = CedarEvaluator::new(cedar_text).map_err(|reason| DriftError::Policy { version, reason })?;
-        Ok(Self { version, evaluator })
+        Ok(Self { version, evaluator, memo: DecisionMemo::default() })
+    }
+
+    /// Cedar's decision for `request` by a process of `agent_type`,
+    /// remembered for the next identical request.
+    pub fn decide(&self, agent_type: &str, request: &Request<'_>) -> Result<CedarVerdict, CedarError> {
+        self.memo.get_or_decide(agent_type, request, || self.evaluator.decide(agent_type, request))
     }
 }
 

@@ -155,7 +155,7 @@ pub fn evaluate(ctx: &DriftContext, event: &Event) -> DriftOutcome {
             };
         }
         Governed::Garbled => (Verdict::Unspecified, true),
-        Governed::Request(request) => match ctx.policy.evaluator.decide(agent_type_of(event), &request) {
+        Governed::Request(request) => match ctx.policy.decide(agent_type_of(event), &request) {
             Ok(decision) => (wire_verdict(decision.verdict), false),
             Err(_) => (Verdict::Unspecified, true),
         },

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod counts;
 pub mod evaluate;
+pub mod memo;
 pub mod pool;
 
 pub use cache::{DriftPolicy, PolicyCache};
