@@ -8,7 +8,7 @@
 //! a remembered one costs a hash lookup. The memo is bounded and sharded
 //! (the pool's workers look up concurrently); evictions are counted.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -84,9 +84,7 @@ impl DecisionMemo {
         decide: impl FnOnce() -> Result<CedarVerdict, E>,
     ) -> Result<CedarVerdict, E> {
         let key = Key::of(agent_type, request);
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        let shard = &self.shards[(hasher.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
         if let Ok(mut cached) = shard.lock()
             && let Some(verdict) = cached.get(&key)
         {
