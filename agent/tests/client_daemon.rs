@@ -27,7 +27,20 @@ fn udp_connect(address: &str) -> Result<(), ErrorKind> {
     socket.connect(address).map_err(|e| e.kind())
 }
 
-fn tyrd_run(server: &str, pin: &str, state_dir: &std::path::Path, token: Option<&str>) -> Child {
+/// A `tyrd run` child, killed if the test panics before stopping it: a
+/// leftover tyrd would keep enforcing its policy on this host.
+struct Tyrd(Option<Child>);
+
+impl Drop for Tyrd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn tyrd_run(server: &str, pin: &str, state_dir: &std::path::Path, token: Option<&str>) -> Tyrd {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tyrd"));
     command
         .arg("run")
@@ -41,10 +54,11 @@ fn tyrd_run(server: &str, pin: &str, state_dir: &std::path::Path, token: Option<
     if let Some(token) = token {
         command.env("TYR_TOKEN", token);
     }
-    command.spawn().expect("spawn tyrd run")
+    Tyrd(Some(command.spawn().expect("spawn tyrd run")))
 }
 
-fn terminate(mut child: Child) -> std::process::ExitStatus {
+fn terminate(mut tyrd: Tyrd) -> std::process::ExitStatus {
+    let Some(mut child) = tyrd.0.take() else { panic!("tyrd already stopped") };
     // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for _ in 0..300 {
@@ -89,6 +103,28 @@ async fn tyrd_run_enrolls_enforces_pushes_and_keeps_the_last_policy_without_a_se
             ..PolicyPush::default()
         }))
         .await;
+    // Acknowledge what arrives, as a server would: a busy host fills tyrd's
+    // in-flight window within seconds, and the DENY event must get through.
+    let acker_state = Arc::clone(&state);
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        loop {
+            let last = acker_state
+                .messages()
+                .into_iter()
+                .filter_map(|(_, m)| match m.payload {
+                    Some(Out::EventBatch(batch)) => batch.events.last().map(|e| e.seq),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            if last > acked {
+                acker_state.send(In::Ack(BatchAck { batch_id: 0, acked_seq: last })).await;
+                acked = last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     wait_for("a heartbeat reporting version 93", WAIT, || heartbeat_version(&state) == Some(93)).await;
     assert_eq!(udp_connect("127.0.0.93:9"), Err(ErrorKind::ConnectionRefused), "the pushed policy is enforced");
     assert_eq!(udp_connect("127.0.0.94:9"), Ok(()), "other addresses are not");
@@ -106,6 +142,7 @@ async fn tyrd_run_enrolls_enforces_pushes_and_keeps_the_last_policy_without_a_se
     wait_for("the DENY event", WAIT, || deny().is_some()).await;
     let (seq, version) = deny().expect("found");
     assert_eq!(version, 93);
+    acker.abort();
     state.send(In::Ack(BatchAck { batch_id: 1, acked_seq: seq })).await;
 
     let ends = state.clean_ends.load(Ordering::SeqCst);

@@ -2,6 +2,7 @@
 //! events, generated deterministically so runs compare.
 
 pub mod fleet;
+pub mod ingest_load;
 pub mod kernel_vm;
 pub mod load;
 pub mod tyrd_process;

@@ -33,7 +33,8 @@ use tonic::{Request, Status, Streaming};
 use tyr_proto::agent_message::Payload as Inbound;
 use tyr_proto::server_message::Payload as Outbound;
 use tyr_proto::{
-    AgentMessage, BatchAck, CapabilityReport, ConfigUpdate, EventBatch, Heartbeat, PolicyPush, ServerMessage,
+    AgentMessage, BatchAck, CapabilityReport, ConfigUpdate, EventBatch, Heartbeat, PingRequest, PolicyPush,
+    ServerMessage,
 };
 use uuid::Uuid;
 
@@ -64,6 +65,8 @@ pub struct SessionSettings {
     /// How often a session re-checks that its daemon still exists (in case
     /// a revocation notice was missed).
     pub recheck_interval: Duration,
+    /// How often the server pings an idle-looking stream.
+    pub ping_interval: Duration,
     /// On shutdown, how long a session waits for its in-flight batches to
     /// be stored and acknowledged.
     pub drain_timeout: Duration,
@@ -78,8 +81,9 @@ impl Default for SessionSettings {
             tls_capture: true,
             in_flight_batches: 64,
             hello_timeout: Duration::from_secs(30),
-            recheck_interval: Duration::from_secs(10),
+            recheck_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(60),
         }
     }
 }
@@ -213,6 +217,9 @@ impl Session {
 
         let mut recheck = tokio::time::interval(self.ctx.settings.recheck_interval);
         recheck.tick().await;
+        let mut ping = tokio::time::interval(self.ctx.settings.ping_interval);
+        ping.tick().await;
+        let mut nonce = 0u64;
         let mut last_seq = 0u64;
         loop {
             tokio::select! {
@@ -237,6 +244,10 @@ impl Session {
                         (policy, drift) = self.push_policy(Some((policy, drift))).await?;
                     }
                 }
+                _ = ping.tick() => {
+                    nonce += 1;
+                    self.send(Outbound::Ping(PingRequest { nonce })).await?;
+                }
                 _ = recheck.tick() => {
                     if !daemon_exists(&self.ctx.pool, self.daemon).await.map_err(ServiceError::from)? {
                         self.ctx.fleet.revoke(self.daemon);
@@ -247,6 +258,15 @@ impl Session {
                     let message = match received {
                         Ok(Some(message)) => message,
                         Ok(None) => return Ok(()),
+                        Err(status) if status.code() == tonic::Code::OutOfRange => {
+                            // tonic refused a message over the size limit: say so, or the
+                            // daemon would take the end as clean and resend it forever.
+                            self.ctx.stats.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(daemon = %self.daemon, %status, "message over the size limit");
+                            return Err(Status::resource_exhausted(
+                                "message over the server's size limit; send smaller batches",
+                            ));
+                        }
                         Err(status) => {
                             tracing::debug!(daemon = %self.daemon, %status, "stream from daemon ended");
                             return Ok(());
@@ -261,6 +281,9 @@ impl Session {
                         }
                         Some(Inbound::Heartbeat(heartbeat)) => self.record_heartbeat(&heartbeat).await?,
                         Some(Inbound::Capabilities(report)) => self.store_capabilities(&report).await?,
+                        Some(Inbound::Pong(pong)) if pong.nonce != nonce => {
+                            tracing::debug!(daemon = %self.daemon, nonce = pong.nonce, "pong for an older ping");
+                        }
                         Some(Inbound::Pong(_)) | None => {}
                     }
                 }
