@@ -9,6 +9,7 @@ use std::io::Write;
 
 use tokio_util::sync::CancellationToken;
 use tyr_agent::capture::{Capture, CaptureConfig};
+use tyr_agent::capture_loop::CaptureLoopConfig;
 use tyr_agent::config::{ConfigOverrides, DaemonConfig, Secret};
 use tyr_agent::daemon;
 use tyr_agent::detect::registry::Registry;
@@ -238,15 +239,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("--ring-mb {} is not a power of two below 4096", args.ring_mb))?;
             let kinds = if args.kinds.is_empty() { KindSet::all() } else { args.kinds.iter().copied().collect() };
             let options = ObserveOptions {
-                capture: CaptureConfig { kinds, comms: args.comms, pids: args.pids, ring_bytes, enforce: false },
-                batch: BatchPolicy {
-                    max_events: args.batch_max_events as usize,
-                    max_delay: Duration::from_millis(args.batch_max_ms),
+                capture_loop: CaptureLoopConfig {
+                    capture: CaptureConfig { kinds, comms: args.comms, pids: args.pids, ring_bytes, enforce: false },
+                    batch: BatchPolicy {
+                        max_events: args.batch_max_events as usize,
+                        max_delay: Duration::from_millis(args.batch_max_ms),
+                    },
+                    queue_capacity: args.queue_capacity.max(1),
+                    state_dir: args.state.state_dir,
+                    record_raw: args.record_raw,
+                    unregistered_agents: args.unregistered_agents,
+                    console: true,
                 },
-                queue_capacity: args.queue_capacity.max(1),
-                state_dir: args.state.state_dir,
-                record_raw: args.record_raw,
-                unregistered_agents: args.unregistered_agents,
                 policy: args.policy,
             };
             // The `tyrd: ...` status lines speak to the console; the logs

@@ -20,10 +20,7 @@ use tracing::warn;
 use tyr_common::policy::unregistered::{Restriction, with_unregistered};
 use tyr_common::policy::{Policy, PolicySet, Verdict as PolicyVerdict, compile, parse_policy};
 
-use crate::capture::CaptureConfig;
 use crate::capture_loop::{self, CaptureLoopConfig, LiveCounters, PolicyUpdate};
-use crate::detect::tracker::UnregisteredAgents;
-use crate::pipeline::batcher::BatchPolicy;
 use crate::pipeline::seq::SeqAllocator;
 use crate::sink::StdoutSink;
 
@@ -32,18 +29,9 @@ pub use crate::capture_loop::Counters;
 /// What `tyrd observe` was asked for.
 #[derive(Debug, Clone)]
 pub struct ObserveOptions {
-    /// Hooks, filters and ring size for the kernel side.
-    pub capture: CaptureConfig,
-    /// When batches are cut.
-    pub batch: BatchPolicy,
-    /// Events queued between the ring reader and the writer.
-    pub queue_capacity: usize,
-    /// Where the sequence-number reservation is kept.
-    pub state_dir: PathBuf,
-    /// Also write every raw record here (length-prefixed), for replay.
-    pub record_raw: Option<PathBuf>,
-    /// What happens to processes no agent signature claims.
-    pub unregistered_agents: UnregisteredAgents,
+    /// Hooks, filters, batching and state for the capture loop (`enforce`
+    /// is set here: from the policy file and the unregistered-agents mode).
+    pub capture_loop: CaptureLoopConfig,
     /// A local policy file to enforce (reloaded on SIGHUP).
     pub policy: Option<PathBuf>,
 }
@@ -124,14 +112,15 @@ fn watch_signals(
 
 /// Runs until SIGINT/SIGTERM or until stdout closes.
 pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
-    let seq = SeqAllocator::persistent(&options.state_dir)
-        .with_context(|| format!("state directory {}", options.state_dir.display()))?;
-    let restriction = options.unregistered_agents.restriction();
-    let mut capture = options.capture.clone();
+    let mut config = options.capture_loop;
+    let seq = SeqAllocator::persistent(&config.state_dir)
+        .with_context(|| format!("state directory {}", config.state_dir.display()))?;
+    let restriction = config.unregistered_agents.restriction();
     // A policy file, or unregistered agents to restrict, need the enforcing hooks.
-    capture.enforce = options.policy.is_some() || restriction.is_some();
+    config.capture.enforce = options.policy.is_some() || restriction.is_some();
+    config.console = true;
     let (updates, policies) = crossbeam_channel::unbounded();
-    let local = if capture.enforce {
+    let local = if config.capture.enforce {
         let mut local = LocalPolicy { path: options.policy.clone(), version: 0, restriction };
         // Installed by the loop before it reports capture started.
         updates.send(local.load()?).context("queueing the policy")?;
@@ -152,15 +141,6 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
             .context("starting the signal thread")?
     };
 
-    let config = CaptureLoopConfig {
-        capture,
-        batch: options.batch,
-        queue_capacity: options.queue_capacity,
-        state_dir: options.state_dir,
-        record_raw: options.record_raw,
-        unregistered_agents: options.unregistered_agents,
-        console: true,
-    };
     // Nothing waits for the capability report here.
     let result =
         capture_loop::run(config, Box::new(StdoutSink::stdout(seq)), policies, counters, shutdown, |_report| {});

@@ -3,50 +3,11 @@
 
 mod support;
 
-use std::str::FromStr;
+use support::ScratchDb;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 use tyr_server::control_db;
 use uuid::Uuid;
-
-/// A fresh database, dropped again by [`ScratchDb::drop_now`].
-struct ScratchDb {
-    admin: PgPool,
-    name: String,
-    pool: PgPool,
-}
-
-impl ScratchDb {
-    async fn create() -> Self {
-        let admin_options = PgConnectOptions::from_str(&support::database_url()).expect("valid URL");
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(admin_options.clone())
-            .await
-            .expect("PostgreSQL must be running (deploy/dev/setup.sh starts it)");
-        let name = support::scratch_name("tyr_test");
-        // Identifiers cannot be bound; the name is generated above.
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create scratch database");
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(admin_options.database(&name))
-            .await
-            .expect("connect to scratch database");
-        Self { admin, name, pool }
-    }
-
-    async fn drop_now(self) {
-        self.pool.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
-            .execute(&self.admin)
-            .await
-            .expect("drop scratch database");
-    }
-}
 
 fn sql_state(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> String {
     let error = result.expect_err("the statement must be refused");
@@ -70,7 +31,7 @@ async fn insert_user(pool: &PgPool, username: &str) -> Result<sqlx::postgres::Pg
 
 #[tokio::test]
 async fn migrations_apply_once_and_constraints_hold() {
-    let db = ScratchDb::create().await;
+    let db = ScratchDb::create("tyr_test").await;
     let known = control_db::MIGRATOR.iter().count();
     assert!(known >= 1);
     assert!(control_db::applied_versions(&db.pool).await.expect("versions").is_empty());

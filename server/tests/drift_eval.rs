@@ -210,7 +210,7 @@ fn garbage_is_not_evaluable_and_never_panics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_evaluates_off_the_runtime_and_counts_per_daemon_and_agent_in_clickhouse() {
     let store = ingest_support::scratch_store().await;
-    let pg = ingest_support::ScratchPg::create().await;
+    let pg = ingest_support::scratch_pg().await;
     let pool = DriftPool::start(2);
     let ctx = context(&[VERSION]);
     let daemon = ctx.daemon_id;

@@ -4,61 +4,21 @@
 
 mod support;
 
-use std::str::FromStr;
+use support::ScratchDb;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{CertificateParams, DnType, KeyPair};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use tonic::Code;
 use tyr_proto::RegisterRequest;
-use tyr_server::control_db::{self, daemons, tokens};
+use tyr_server::control_db::{daemons, tokens};
 use tyr_server::grpc::register::{self, CSR_REFUSED, RegisterContext, TOKEN_REFUSED};
 use tyr_server::identity::{CertificateAuthority, daemon_identity};
 use uuid::Uuid;
 use x509_parser::prelude::{FromDer, X509Certificate};
-
-/// A fresh, migrated database, dropped again by [`ScratchDb::drop_now`].
-struct ScratchDb {
-    admin: PgPool,
-    name: String,
-    pool: PgPool,
-    url: String,
-}
-
-impl ScratchDb {
-    async fn create() -> Self {
-        let admin_options = PgConnectOptions::from_str(&support::database_url()).expect("valid URL");
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(admin_options.clone())
-            .await
-            .expect("PostgreSQL must be running (deploy/dev/setup.sh starts it)");
-        let name = support::scratch_name("tyr_enroll");
-        // Identifiers cannot be bound; the name is generated above.
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(admin_options.database(&name))
-            .await
-            .expect("connect to scratch database");
-        control_db::migrate(&pool).await.expect("migrate");
-        let url = match support::database_url().rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => panic!("TYR_DATABASE_URL has no database part"),
-        };
-        Self { admin, name, pool, url }
-    }
-
-    async fn drop_now(self) {
-        self.pool.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
-            .execute(&self.admin)
-            .await
-            .expect("drop scratch database");
-    }
-}
 
 fn context(pool: &PgPool) -> (RegisterContext, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("tyr-enroll-{}", Uuid::new_v4().simple()));
@@ -96,7 +56,7 @@ async fn uses(pool: &PgPool, id: Uuid) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_racers_on_five_uses_enroll_exactly_five() {
-    let db = ScratchDb::create().await;
+    let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
     let context = Arc::new(context);
     let token = tokens::create(&db.pool, Duration::from_secs(3600), 5, "race").await.expect("token");
@@ -133,7 +93,7 @@ async fn twenty_racers_on_five_uses_enroll_exactly_five() {
 
 #[tokio::test]
 async fn every_token_problem_is_the_same_unauthenticated() {
-    let db = ScratchDb::create().await;
+    let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
     let hour = Duration::from_secs(3600);
 
@@ -183,7 +143,7 @@ async fn every_token_problem_is_the_same_unauthenticated() {
 
 #[tokio::test]
 async fn bad_requests_are_invalid_argument_and_consume_nothing() {
-    let db = ScratchDb::create().await;
+    let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
     let token = tokens::create(&db.pool, Duration::from_secs(3600), 1, "").await.expect("token");
 
@@ -244,7 +204,7 @@ async fn bad_requests_are_invalid_argument_and_consume_nothing() {
 
 #[tokio::test]
 async fn the_issued_certificate_maps_back_to_the_daemon_until_it_is_deleted() {
-    let db = ScratchDb::create().await;
+    let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
     let token = tokens::create(&db.pool, Duration::from_secs(3600), 1, "one host").await.expect("token");
     let response = register::register(&context, request(&token.token)).await.expect("enrolled");
@@ -307,7 +267,7 @@ async fn the_issued_certificate_maps_back_to_the_daemon_until_it_is_deleted() {
 
 #[tokio::test]
 async fn secrets_are_stored_as_argon2id_and_never_listed() {
-    let db = ScratchDb::create().await;
+    let db = ScratchDb::migrated("tyr_enroll").await;
     let token = tokens::create(&db.pool, Duration::from_secs(7200), 3, "rack 4").await.expect("token");
     let (id_text, secret) = token.token.split_once('.').expect("<id>.<secret>");
     assert_eq!(id_text, token.id.to_string());

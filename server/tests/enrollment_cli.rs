@@ -5,10 +5,7 @@ mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
-use std::str::FromStr;
 
-use sqlx::AssertSqlSafe;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tyr_server::identity::CertificateAuthority;
 use uuid::Uuid;
 
@@ -28,19 +25,8 @@ fn stdout_json(output: &Output) -> serde_json::Value {
 
 #[tokio::test]
 async fn token_and_daemon_commands() {
-    let admin_options = PgConnectOptions::from_str(&support::database_url()).expect("valid URL");
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(admin_options)
-        .await
-        .expect("PostgreSQL must be running (deploy/dev/setup.sh starts it)");
-    let name = support::scratch_name("tyr_enroll_cli");
-    // Identifiers cannot be bound; the name is generated above.
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
-    let url = match support::database_url().rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("TYR_DATABASE_URL has no database part"),
-    };
+    let db = support::ScratchDb::create("tyr_enroll_cli").await;
+    let url = db.url.clone();
     let data_dir = std::env::temp_dir().join(format!("tyr-cli-{}", Uuid::new_v4().simple()));
     let data_dir_text = data_dir.display().to_string();
 
@@ -96,5 +82,5 @@ async fn token_and_daemon_commands() {
     assert_eq!(tyr_server(&url, &["daemon", "delete", "not-a-uuid"]).status.code(), Some(2), "usage error");
 
     std::fs::remove_dir_all(&data_dir).expect("cleanup");
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&admin).await.expect("drop");
+    db.drop_now().await;
 }

@@ -24,7 +24,7 @@ use tyr_server::event_store::{EventStore, schema};
 use tyr_server::ingest::{Ingest, IngestConfig, IngestError};
 use uuid::Uuid;
 
-use ingest_support::{ScratchPg, drop_store, scratch_store, store_config};
+use ingest_support::{drop_store, scratch_pg, scratch_store, store_config};
 
 fn now_ns() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).expect("in range")
@@ -132,7 +132,7 @@ async fn wait_for_bookkeeping(pool: &sqlx::PgPool, id: Uuid, expected: (i64, i64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_are_stored_once_gaps_counted_and_acks_follow_commits() {
     let store = scratch_store().await;
-    let pg = ScratchPg::create().await;
+    let pg = scratch_pg().await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     insert_daemon_row(&pg.pool, a).await;
 
@@ -276,7 +276,7 @@ async fn nothing_is_acked_while_clickhouse_is_down_and_everything_lands_once_it_
     endpoint.start().await;
     let store = EventStore::new(&store_config(&endpoint.url(), "tyr_outage")).expect("valid config");
     schema::apply(&store, 30).await.expect("schema");
-    let pg = ScratchPg::create().await;
+    let pg = scratch_pg().await;
     let daemon = Uuid::now_v7();
 
     let shutdown = CancellationToken::new();
@@ -321,7 +321,7 @@ async fn shutdown_answers_unstored_batches_as_not_stored() {
     // Nothing listens on this port: every insert fails.
     let port = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port();
     let store = EventStore::new(&store_config(&format!("http://127.0.0.1:{port}"), "tyr_nowhere")).expect("config");
-    let pg = ScratchPg::create().await;
+    let pg = scratch_pg().await;
     let shutdown = CancellationToken::new();
     let config = IngestConfig { shutdown_flush_timeout: Duration::from_millis(300), ..config() };
     let (ingest, writer) = Ingest::start(store, pg.pool.clone(), config, shutdown.clone());

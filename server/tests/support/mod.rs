@@ -22,3 +22,61 @@ pub fn scratch_name(prefix: &str) -> String {
 }
 
 pub mod serving;
+
+/// A fresh PostgreSQL database no other test uses, dropped by
+/// [`ScratchDb::drop_now`].
+pub struct ScratchDb {
+    admin: sqlx::PgPool,
+    /// Its name.
+    pub name: String,
+    /// A pool on it.
+    pub pool: sqlx::PgPool,
+    /// Its URL (for processes started by the test).
+    pub url: String,
+}
+
+impl ScratchDb {
+    /// Creates an empty database.
+    pub async fn create(prefix: &str) -> Self {
+        use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+        use std::str::FromStr;
+        let admin_options = PgConnectOptions::from_str(&database_url()).expect("valid TYR_DATABASE_URL");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(admin_options.clone())
+            .await
+            .expect("PostgreSQL must be running (deploy/dev/setup.sh starts it)");
+        let name = scratch_name(prefix);
+        // Identifiers cannot be bound; the name is generated above.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create scratch database");
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(admin_options.database(&name))
+            .await
+            .expect("connect to scratch database");
+        let url = match database_url().rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("TYR_DATABASE_URL has no database part"),
+        };
+        Self { admin, name, pool, url }
+    }
+
+    /// Creates a database with the control-data migrations applied.
+    pub async fn migrated(prefix: &str) -> Self {
+        let db = Self::create(prefix).await;
+        tyr_server::control_db::migrate(&db.pool).await.expect("migrations apply");
+        db
+    }
+
+    /// Drops the database.
+    pub async fn drop_now(self) {
+        self.pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("drop scratch database");
+    }
+}

@@ -4,12 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -41,32 +39,21 @@ pub struct TestServer {
     pub config: ServeConfig,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    admin: PgPool,
-    postgres_name: String,
+    db: super::ScratchDb,
 }
 
 impl TestServer {
     /// Starts a server on fresh databases; `extra` are `serve` flags.
     pub async fn start(extra: &[&str]) -> Self {
-        let admin_options = PgConnectOptions::from_str(&super::database_url()).expect("valid URL");
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(admin_options.clone())
-            .await
-            .expect("PostgreSQL must be running (deploy/dev/setup.sh starts it)");
-        let name = super::scratch_name("tyr_serve");
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
-        let database_url = match super::database_url().rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => panic!("TYR_DATABASE_URL has no database part"),
-        };
+        let db = super::ScratchDb::create("tyr_serve").await;
+        let name = db.name.clone();
         let data_dir = std::env::temp_dir().join(format!("tyr-serve-{}", Uuid::new_v4().simple()));
         let mut args = vec![
             "serve".to_owned(),
             "--grpc-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--database-url".to_owned(),
-            database_url,
+            db.url.clone(),
             "--clickhouse-url".to_owned(),
             super::clickhouse_url(),
             "--clickhouse-database".to_owned(),
@@ -78,11 +65,7 @@ impl TestServer {
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let config = ServeArgs::try_parse_from(args).expect("serve flags").config;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(admin_options.database(&name))
-            .await
-            .expect("connect to scratch database");
+        let pool = db.pool.clone();
         let store = EventStore::new(&EventStoreConfig {
             url: super::clickhouse_url(),
             database: name.clone(),
@@ -99,8 +82,7 @@ impl TestServer {
             config,
             shutdown: CancellationToken::new(),
             task: None,
-            admin,
-            postgres_name: name,
+            db,
         };
         server.spawn().await;
         server
@@ -202,10 +184,8 @@ impl TestServer {
     pub async fn drop_now(mut self) {
         self.stop().await;
         self.pool.close().await;
-        let _ = self.store.client().query(&format!("DROP DATABASE IF EXISTS `{}`", self.postgres_name)).execute().await;
-        let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.postgres_name)))
-            .execute(&self.admin)
-            .await;
+        let _ = self.store.client().query(&format!("DROP DATABASE IF EXISTS `{}`", self.db.name)).execute().await;
+        self.db.drop_now().await;
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
