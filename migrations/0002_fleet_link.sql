@@ -28,3 +28,5 @@ CREATE TABLE effective_policies (
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (daemon_id, version)
 );
+-- Daemons whose effective policies have the same inputs share a version.
+CREATE INDEX effective_policies_inputs_idx ON effective_policies (inputs_hash, version);

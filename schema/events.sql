@@ -6,7 +6,12 @@
 -- ReplacingMergeTree with event_id in the sorting key: an event replayed after
 -- a disconnect collapses into one row at merge time (query with FINAL for an
 -- exact view before merges). The sorting key serves per-daemon and per-kind
--- time-range queries; daily partitions let the TTL drop whole parts.
+-- time-range queries. Partitions are days of insertion, not of the event's
+-- own time: one insert then writes one part, so it commits or fails whole
+-- (the server's per-host seq deduplication relies on that), and a host
+-- with a wrong clock cannot spread one insert over many partitions. The
+-- TTL still follows the event's time and drops a part once all of it
+-- expired.
 CREATE TABLE IF NOT EXISTS events
 (
     event_id            UUID,
@@ -34,7 +39,7 @@ CREATE TABLE IF NOT EXISTS events
     INDEX drift drift_detected TYPE set(2) GRANULARITY 4
 )
 ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMMDD(timestamp)
+PARTITION BY toYYYYMMDD(inserted_at)
 ORDER BY (agent_id, kind, timestamp, event_id)
 TTL toDateTime(timestamp) + toIntervalDay({retention_days})
 SETTINGS ttl_only_drop_parts = 1

@@ -117,7 +117,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
 
     // The writer outlives the sessions so that their last batches can be stored.
     let writer_shutdown = CancellationToken::new();
-    let (ingest, writer) = Ingest::start(store, pool.clone(), IngestConfig::default(), writer_shutdown.clone());
+    let (ingest, writer) = Ingest::start(store.clone(), pool.clone(), IngestConfig::default(), writer_shutdown.clone());
     let workers = config.drift_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let fleet = Fleet::default();
     let notifications = tokio::spawn(fleet.clone().follow_notifications(pool.clone(), shutdown.clone()));
@@ -142,6 +142,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
             drift: DriftPool::start(workers),
             policies: PolicyCache::default(),
             ingest,
+            store,
             limits: BatchLimits::default(),
             settings,
             shutdown: shutdown.clone(),

@@ -4,10 +4,11 @@
 //! kernel entries and Cedar and stamped with a version.
 //!
 //! A version is drawn from `policy_version_seq` only when the inputs of a
-//! daemon's effective policy change, and every version computed for a
-//! daemon is kept in `effective_policies`: versions are monotonic per
-//! daemon, survive server restarts and are the same on every replica, and
-//! drift evaluation can tell a version the server sent from one it never did.
+//! daemon's effective policy change (daemons with the same inputs share
+//! one version), and every version computed for a daemon is kept in
+//! `effective_policies`: versions are monotonic per daemon, survive server
+//! restarts and are the same on every replica, and drift evaluation can
+//! tell a version the server sent from one it never did.
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -189,7 +190,20 @@ pub async fn effective_for(pool: &PgPool, daemon: Uuid) -> Result<EffectivePolic
     .await?;
     let version = match latest {
         Some((version, hash)) if hash == inputs_hash => version,
-        _ => sqlx::query_scalar("SELECT nextval('policy_version_seq')").fetch_one(&mut *tx).await?,
+        // Daemons with the same inputs share a version (one Cedar parse,
+        // one cache entry for the whole fleet), unless that would take this
+        // daemon's version backwards.
+        latest => {
+            let shared: Option<i64> =
+                sqlx::query_scalar("SELECT max(version) FROM effective_policies WHERE inputs_hash = $1")
+                    .bind(&inputs_hash)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            match shared {
+                Some(shared) if latest.is_none_or(|(mine, _)| shared > mine) => shared,
+                _ => sqlx::query_scalar("SELECT nextval('policy_version_seq')").fetch_one(&mut *tx).await?,
+            }
+        }
     };
     let compiled = compile(&set, version)?;
     let cedar_text = to_cedar(&set, version);
@@ -206,6 +220,17 @@ pub async fn effective_for(pool: &PgPool, daemon: Uuid) -> Result<EffectivePolic
     .await?;
     tx.commit().await?;
     Ok(EffectivePolicy { version, policy_yaml: yaml, cedar_text, bpf_entries: compiled.to_bytes(), base_name })
+}
+
+/// The Cedar text of each of the `count` newest versions pushed to `daemon`.
+pub async fn recent_cedar(pool: &PgPool, daemon: Uuid, count: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, cedar_text FROM effective_policies WHERE daemon_id = $1 ORDER BY version DESC LIMIT $2",
+    )
+    .bind(daemon)
+    .bind(count)
+    .fetch_all(pool)
+    .await
 }
 
 /// Every effective-policy version the server computed (and pushed) for `daemon`.

@@ -18,10 +18,12 @@
 //!   assigned policy refuses that went through with no decision and no
 //!   `enforced=false` report means the host was not running that policy.
 //! - With no version pushed yet (`sent_versions` empty) no version is stale.
+//! - An event decided under an earlier version the server did send is
+//!   judged by that version's policy (see [`DriftContext::earlier`]).
 //! - `enforced=false` (tyrd knows it could not enforce) makes the event
 //!   unenforced and never drift, whatever its version or verdict.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -55,12 +57,25 @@ pub struct DriftContext {
     pub policy: Arc<DriftPolicy>,
     /// Every policy version the server ever pushed to this daemon.
     pub sent_versions: Arc<BTreeSet<i64>>,
+    /// Recent versions pushed to this daemon, parsed: an event decided
+    /// under one of them (a replay from the daemon's spool after a policy
+    /// change) is judged by the policy the daemon was running, not by a
+    /// newer one it had not received yet.
+    pub earlier: Arc<BTreeMap<i64, Arc<DriftPolicy>>>,
 }
 
 impl DriftContext {
     /// The context of `daemon_id` running `policy`, having been sent `sent_versions`.
     pub fn new(daemon_id: Uuid, policy: Arc<DriftPolicy>, sent_versions: Arc<BTreeSet<i64>>) -> Self {
-        Self { daemon_id, policy, sent_versions }
+        Self { daemon_id, policy, sent_versions, earlier: Arc::default() }
+    }
+
+    /// The policy an event decided under `version` is judged by.
+    pub fn policy_for(&self, version: i64) -> &DriftPolicy {
+        match self.earlier.get(&version) {
+            Some(earlier) if self.sent_versions.contains(&version) => earlier,
+            _ => &self.policy,
+        }
     }
 }
 
@@ -155,7 +170,8 @@ pub fn evaluate(ctx: &DriftContext, event: &Event) -> DriftOutcome {
             };
         }
         Governed::Garbled => (Verdict::Unspecified, true),
-        Governed::Request(request) => match ctx.policy.decide(agent_type_of(event), &request) {
+        Governed::Request(request) => match ctx.policy_for(event.policy_version).decide(agent_type_of(event), &request)
+        {
             Ok(decision) => (wire_verdict(decision.verdict), false),
             Err(_) => (Verdict::Unspecified, true),
         },

@@ -70,6 +70,13 @@ impl EventStore {
         Ok(self.server.query("SELECT version()").fetch_one::<String>().await?)
     }
 
+    /// The highest per-host seq stored for the daemon `agent_id` (0: none).
+    pub async fn max_seq(&self, agent_id: uuid::Uuid) -> Result<u64, EventStoreError> {
+        const MAX_SEQ: &str = "SELECT max(seq) FROM events WHERE agent_id = {agent_id:UUID}";
+        debug_assert_eq!(EVENTS_TABLE, "events");
+        Ok(self.client.query(MAX_SEQ).param("agent_id", agent_id.to_string()).fetch_one::<u64>().await?)
+    }
+
     /// Writes Arrow batches of events (see [`arrow_batch`]) in one INSERT.
     pub async fn insert_batches(&self, batches: &[RecordBatch]) -> Result<(), EventStoreError> {
         let mut insert = self.client.insert_arrow(EVENTS_TABLE)?;

@@ -38,6 +38,11 @@ pub struct RegisterContext {
     pub client_cert_validity: Duration,
 }
 
+/// Token checks (argon2) running at once, across every Register.
+static TOKEN_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+/// Longest a Register waits for a token-check slot.
+const TOKEN_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Enrolls a daemon: validates the request, verifies and consumes the token,
 /// signs the CSR for a new daemon id and stores the daemon.
 pub async fn register(context: &RegisterContext, request: RegisterRequest) -> Result<RegisterResponse, Status> {
@@ -62,6 +67,13 @@ async fn enroll(context: &RegisterContext, request: RegisterRequest) -> Result<R
             ServiceError::InvalidArgument(CSR_REFUSED.to_owned())
         })?;
 
+    // argon2 costs 19 MiB and tens of milliseconds per check, and anyone can
+    // send a well-formed token: a bounded number run at once, the rest wait
+    // a while and are then told to come back.
+    let Ok(Ok(_slot)) = tokio::time::timeout(TOKEN_CHECK_WAIT, TOKEN_CHECKS.acquire()).await else {
+        tracing::warn!("register refused: too many token checks at once");
+        return Err(ServiceError::Unavailable("enrollment is busy; retry later").into());
+    };
     let token_id = tokens::verify(&context.pool, &enrollment_token).await.map_err(token_error)?;
 
     let daemon_id = Uuid::new_v4();

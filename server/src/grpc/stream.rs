@@ -41,8 +41,9 @@ use uuid::Uuid;
 use super::ServerStream;
 use crate::control_db::daemons::{self, HeartbeatRecord};
 use crate::control_db::policies::{self, EffectivePolicy};
-use crate::drift::{DriftContext, DriftPool, EvaluatedBatch, PolicyCache};
+use crate::drift::{DriftContext, DriftPolicy, DriftPool, EvaluatedBatch, PolicyCache};
 use crate::error::ServiceError;
+use crate::event_store::EventStore;
 use crate::fleet::{EndReason, Fleet, SessionSlot};
 use crate::identity;
 use crate::ingest::{BatchLimits, Ingest, IngestError, validate_batch};
@@ -105,6 +106,8 @@ pub struct StreamStats {
     pub policy_pushes: AtomicU64,
     /// Heartbeats received.
     pub heartbeats: AtomicU64,
+    /// PostgreSQL writes or reads of a session that failed (the session went on).
+    pub control_db_failures: AtomicU64,
 }
 
 /// What every session shares.
@@ -120,6 +123,8 @@ pub struct StreamContext {
     pub policies: PolicyCache,
     /// The writer to ClickHouse.
     pub ingest: Ingest,
+    /// ClickHouse, for what a daemon's stream needs to know of its stored events.
+    pub store: EventStore,
     /// Limits on what a batch may hold.
     pub limits: BatchLimits,
     /// ConfigUpdate values and session pacing.
@@ -141,7 +146,7 @@ pub async fn open(ctx: Arc<StreamContext>, request: Request<Streaming<AgentMessa
     };
     let slot = ctx.fleet.join(daemon);
     // A revocation between the lookup and joining would otherwise be missed.
-    if !daemon_exists(&ctx.pool, daemon).await.map_err(ServiceError::from)? {
+    if !daemon_exists(&ctx.pool, daemon).await.map_err(ServiceError::internal)? {
         ctx.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
         return Err(ServiceError::Unauthenticated(REFUSED).into());
     }
@@ -157,6 +162,11 @@ pub async fn open(ctx: Arc<StreamContext>, request: Request<Streaming<AgentMessa
     Ok(Box::pin(ReceiverStream::new(receiver)))
 }
 
+/// Longest the server waits for a daemon to read what it is sent.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Earlier policy versions a session keeps parsed for judging replays.
+const EARLIER_VERSIONS: i64 = 8;
+
 /// The one message for every refused identity: no hint which check failed.
 const REFUSED: &str = "client certificate does not identify an enrolled daemon";
 
@@ -170,10 +180,8 @@ async fn authenticate(ctx: &StreamContext, request: &Request<Streaming<AgentMess
     row.map(|_| identity.daemon_id).ok_or(ServiceError::Unauthenticated(REFUSED))
 }
 
-async fn daemon_exists(pool: &PgPool, daemon: Uuid) -> Result<bool, crate::control_db::ControlDbError> {
-    let found: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM daemons WHERE id = $1").bind(daemon).fetch_optional(pool).await?;
-    Ok(found.is_some())
+async fn daemon_exists(pool: &PgPool, daemon: Uuid) -> Result<bool, daemons::DaemonError> {
+    Ok(daemons::get(pool, daemon).await?.is_some())
 }
 
 type Outgoing = mpsc::Sender<Result<ServerMessage, Status>>;
@@ -204,9 +212,16 @@ impl Session {
                 return Err(Status::invalid_argument("the first message of a stream must be a CapabilityReport"));
             }
         };
-        self.store_capabilities(&capabilities).await?;
+        self.store_capabilities(&capabilities).await;
         let (mut policy, mut drift) = self.push_policy(None).await?;
-        self.send(Outbound::Config(self.config_update())).await?;
+        let stored_seq = match self.ctx.store.max_seq(self.daemon).await {
+            Ok(seq) => seq,
+            Err(error) => {
+                tracing::warn!(daemon = %self.daemon, %error, "cannot read the stored seq; the daemon keeps its numbering");
+                0
+            }
+        };
+        self.send(Outbound::Config(self.config_update(stored_seq))).await?;
 
         // Evaluated batches go to ingest in order (forwarder); acks go back in order (acker).
         let (forward, forward_rx) = mpsc::channel::<InFlight>(self.ctx.settings.in_flight_batches);
@@ -248,11 +263,12 @@ impl Session {
                     nonce += 1;
                     self.send(Outbound::Ping(PingRequest { nonce })).await?;
                 }
-                _ = recheck.tick() => {
-                    if !daemon_exists(&self.ctx.pool, self.daemon).await.map_err(ServiceError::from)? {
-                        self.ctx.fleet.revoke(self.daemon);
-                    }
-                }
+                _ = recheck.tick() => match daemon_exists(&self.ctx.pool, self.daemon).await {
+                    Ok(true) => {}
+                    Ok(false) => self.ctx.fleet.revoke(self.daemon),
+                    // A PostgreSQL blip must not drop every stream of the fleet at once.
+                    Err(error) => self.control_db_unavailable("re-checking the daemon", &error),
+                },
                 // Read only while the hand-over has room: that pause is the backpressure.
                 received = inbound.message(), if forward.capacity() > 0 => {
                     let message = match received {
@@ -279,8 +295,8 @@ impl Session {
                                 return Ok(());
                             }
                         }
-                        Some(Inbound::Heartbeat(heartbeat)) => self.record_heartbeat(&heartbeat).await?,
-                        Some(Inbound::Capabilities(report)) => self.store_capabilities(&report).await?,
+                        Some(Inbound::Heartbeat(heartbeat)) => self.record_heartbeat(&heartbeat).await,
+                        Some(Inbound::Capabilities(report)) => self.store_capabilities(&report).await,
                         Some(Inbound::Pong(pong)) if pong.nonce != nonce => {
                             tracing::debug!(daemon = %self.daemon, nonce = pong.nonce, "pong for an older ping");
                         }
@@ -338,9 +354,29 @@ impl Session {
             .map_err(ServiceError::internal)?
             .into_iter()
             .collect();
-        let parsed =
-            self.ctx.policies.get_or_parse(effective.version, &effective.cedar_text).map_err(ServiceError::internal)?;
-        let drift = DriftContext { daemon_id: self.daemon, policy: parsed, sent_versions: Arc::new(sent) };
+        let earlier_texts = policies::recent_cedar(&self.ctx.pool, self.daemon, EARLIER_VERSIONS)
+            .await
+            .map_err(ServiceError::internal)?;
+        // Parsing Cedar takes milliseconds: off the async workers.
+        let ctx = Arc::clone(&self.ctx);
+        let (version, cedar_text) = (effective.version, effective.cedar_text.clone());
+        let (parsed, earlier) = tokio::task::spawn_blocking(move || {
+            let parsed = ctx.policies.get_or_parse(version, &cedar_text)?;
+            let mut earlier = std::collections::BTreeMap::<i64, Arc<DriftPolicy>>::new();
+            for (old, text) in earlier_texts.iter().filter(|(old, _)| *old != version) {
+                earlier.insert(*old, ctx.policies.get_or_parse(*old, text)?);
+            }
+            Ok::<_, crate::drift::DriftError>((parsed, earlier))
+        })
+        .await
+        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::internal)?;
+        let drift = DriftContext {
+            daemon_id: self.daemon,
+            policy: parsed,
+            sent_versions: Arc::new(sent),
+            earlier: Arc::new(earlier),
+        };
         let push = PolicyPush {
             policy_version: effective.version,
             bpf_entries: effective.bpf_entries.clone(),
@@ -354,7 +390,7 @@ impl Session {
         Ok((effective, drift))
     }
 
-    fn config_update(&self) -> ConfigUpdate {
+    fn config_update(&self, stored_seq: u64) -> ConfigUpdate {
         let settings = &self.ctx.settings;
         ConfigUpdate {
             heartbeat_interval_s: settings.heartbeat_interval_s,
@@ -362,17 +398,20 @@ impl Session {
             batch_max_interval_ms: settings.batch_max_ms,
             tls_capture: settings.tls_capture,
             unregistered_agents: String::new(),
+            stored_seq,
         }
     }
 
-    async fn store_capabilities(&self, report: &CapabilityReport) -> Result<(), Status> {
-        daemons::record_capabilities(&self.ctx.pool, self.daemon, &capabilities_json(report))
-            .await
-            .map_err(ServiceError::internal)?;
-        Ok(())
+    /// Stores the report; a PostgreSQL failure is logged and counted, the
+    /// session goes on (the next report or heartbeat stores it again).
+    async fn store_capabilities(&self, report: &CapabilityReport) {
+        if let Err(error) = daemons::record_capabilities(&self.ctx.pool, self.daemon, &capabilities_json(report)).await
+        {
+            self.control_db_unavailable("storing capabilities", &error);
+        }
     }
 
-    async fn record_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), Status> {
+    async fn record_heartbeat(&self, heartbeat: &Heartbeat) {
         self.ctx.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
         let drops = heartbeat.drops.clone().unwrap_or_default();
         let record = HeartbeatRecord {
@@ -382,18 +421,39 @@ impl Session {
                 "queue_overflow": drops.queue_overflow,
                 "spool_evicted": drops.spool_evicted,
                 "decode_failed": drops.decode_failed,
+                "spool_write_dropped": drops.spool_write_dropped,
+                "spool_torn": drops.spool_torn,
+                "events_truncated": drops.events_truncated,
             }),
             spooled_events: heartbeat.spooled_events,
         };
-        daemons::record_heartbeat(&self.ctx.pool, self.daemon, &record).await.map_err(ServiceError::internal)?;
-        Ok(())
+        if let Err(error) = daemons::record_heartbeat(&self.ctx.pool, self.daemon, &record).await {
+            self.control_db_unavailable("storing a heartbeat", &error);
+        }
     }
 
+    fn control_db_unavailable(&self, what: &'static str, error: &dyn std::fmt::Display) {
+        self.ctx.stats.control_db_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(daemon = %self.daemon, %error, what, "PostgreSQL unavailable; the stream goes on");
+    }
+
+    /// Sends to the daemon; gives up when the session is ended meanwhile
+    /// or the daemon does not read for [`SEND_TIMEOUT`] (a stalled reader
+    /// must not pin a session, and its batches, forever).
     async fn send(&self, payload: Outbound) -> Result<(), Status> {
-        self.outbound
-            .send(Ok(ServerMessage { payload: Some(payload) }))
-            .await
-            .map_err(|_| Status::cancelled("daemon went away"))
+        let message = Ok(ServerMessage { payload: Some(payload) });
+        tokio::select! {
+            biased;
+            () = self.slot.ended.cancelled() => Err(self.ended_status()),
+            sent = tokio::time::timeout(SEND_TIMEOUT, self.outbound.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Status::cancelled("daemon went away")),
+                Err(_) => {
+                    self.ctx.stats.protocol_violations.fetch_add(1, Ordering::Relaxed);
+                    Err(Status::deadline_exceeded("the daemon stopped reading its stream"))
+                }
+            },
+        }
     }
 }
 

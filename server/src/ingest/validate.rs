@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tyr_proto::{Event, EventBatch, EventKind, Severity, Verdict};
+use tyr_proto::{Event, EventBatch, EventKind, Severity, Verdict, limits};
 use uuid::Uuid;
 
 /// The bounds a batch must respect.
@@ -34,15 +34,16 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
+        // The wire's limits, which tyrd fits every event into.
         Self {
-            max_events: 10_000,
-            max_resource: 4096,
-            max_cmdline: 4096,
-            max_process_exe: 4096,
-            max_agent_type: 256,
-            max_metadata_entries: 64,
-            max_metadata_key: 64,
-            max_metadata_value: 4096,
+            max_events: limits::MAX_EVENTS_PER_BATCH,
+            max_resource: limits::MAX_RESOURCE_BYTES,
+            max_cmdline: limits::MAX_CMDLINE_BYTES,
+            max_process_exe: limits::MAX_PROCESS_EXE_BYTES,
+            max_agent_type: limits::MAX_AGENT_TYPE_BYTES,
+            max_metadata_entries: limits::MAX_METADATA_ENTRIES,
+            max_metadata_key: limits::MAX_METADATA_KEY_BYTES,
+            max_metadata_value: limits::MAX_METADATA_VALUE_BYTES,
         }
     }
 }

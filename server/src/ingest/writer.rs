@@ -15,10 +15,7 @@ use uuid::Uuid;
 use super::bookkeeping::{Bookkeeper, Delta};
 use super::plan::{Plan, Unstorable, plan};
 use super::{IngestConfig, IngestError, Pending, Shared, release};
-use crate::event_store::{EVENTS_TABLE, EventStore, EventStoreError};
-
-/// The highest stored seq of one daemon; ClickHouse answers 0 for none.
-const MAX_SEQ: &str = "SELECT max(seq) FROM events WHERE agent_id = {agent_id:UUID}";
+use crate::event_store::{EventStore, EventStoreError};
 
 /// The writer task's state.
 #[derive(Debug)]
@@ -236,8 +233,7 @@ impl Writer {
 
     /// The highest seq ClickHouse holds for `daemon_id` (0: none).
     async fn max_seq(&self, daemon_id: Uuid) -> Result<u64, EventStoreError> {
-        debug_assert_eq!(EVENTS_TABLE, "events");
-        Ok(self.store.client().query(MAX_SEQ).param("agent_id", daemon_id.to_string()).fetch_one::<u64>().await?)
+        self.store.max_seq(daemon_id).await
     }
 }
 
