@@ -271,3 +271,27 @@ async fn the_pool_evaluates_off_the_runtime_and_counts_per_daemon_and_agent_in_c
     ingest_support::drop_store(&store).await;
     pg.drop_now().await;
 }
+
+#[test]
+fn a_replay_is_judged_by_the_version_it_was_decided_under() {
+    // Version 5 allowed everything; version 7 (current) denies /etc/shadow.
+    let open = parse_policy("open.yaml", "name: open\ndefault_verdict: allow\nrules: []\n").expect("parses");
+    let cache = PolicyCache::default();
+    let earlier = cache.get_or_parse(5, &to_cedar(&open, 5)).expect("cedar loads");
+    let mut ctx = context(&[5, VERSION]);
+    ctx.earlier = Arc::new(BTreeMap::from([(5, earlier)]));
+
+    // Spooled under version 5 and replayed after the change: not drift.
+    let mut replayed = event(EventKind::FileRead, "/etc/shadow", Verdict::Allow, &[]);
+    replayed.policy_version = 5;
+    assert_eq!(evaluate(&ctx, &replayed), outcome(Verdict::Allow, false));
+    // Decided under the current version: drift.
+    let current = event(EventKind::FileRead, "/etc/shadow", Verdict::Allow, &[]);
+    assert_eq!(evaluate(&ctx, &current), outcome(Verdict::Deny, true));
+    // A version kept parsed but never sent to this daemon is no shelter.
+    let mut unsent_ctx = context(&[VERSION]);
+    unsent_ctx.earlier = Arc::clone(&ctx.earlier);
+    let mut forged = event(EventKind::FileRead, "/etc/shadow", Verdict::Allow, &[]);
+    forged.policy_version = 5;
+    assert_eq!(evaluate(&unsent_ctx, &forged), outcome(Verdict::Deny, true));
+}

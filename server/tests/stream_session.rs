@@ -296,3 +296,30 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("dir");
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_with_the_same_policy_share_its_version_and_versions_only_grow() {
+    let server = TestServer::start(&[]).await;
+    let (a, b) = (server.enroll().await, server.enroll().await);
+    policies::set_base(&server.pool, "fleet-base", DENY_66, None).await.expect("fleet policy");
+    let va = policies::effective_for(&server.pool, a.daemon_id).await.expect("a");
+    let vb = policies::effective_for(&server.pool, b.daemon_id).await.expect("b");
+    assert_eq!(va.version, vb.version, "one version (one Cedar parse) for the fleet");
+    assert_eq!(va.bpf_entries, vb.bpf_entries);
+    assert_eq!(policies::effective_for(&server.pool, a.daemon_id).await.expect("again").version, va.version);
+
+    // A policy of b's own, then back to the fleet's: b's version never goes backwards.
+    let own = DENY_66.replace("deny-66", "deny-66-b");
+    policies::set_base(&server.pool, "b-only", &own, Some(b.daemon_id)).await.expect("own policy");
+    let vb2 = policies::effective_for(&server.pool, b.daemon_id).await.expect("b own");
+    assert!(vb2.version > vb.version);
+    sqlx::query("DELETE FROM policy_assignments WHERE daemon_id = $1")
+        .bind(b.daemon_id)
+        .execute(&server.pool)
+        .await
+        .expect("unassign");
+    let vb3 = policies::effective_for(&server.pool, b.daemon_id).await.expect("b back");
+    assert!(vb3.version > vb2.version, "monotonic per daemon: {} after {}", vb3.version, vb2.version);
+    assert_eq!(vb3.bpf_entries.len(), va.bpf_entries.len());
+    server.drop_now().await;
+}
