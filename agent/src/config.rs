@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use tyr_proto::limits::MAX_EVENTS_PER_BATCH;
 
 use crate::detect::tracker::UnregisteredAgents;
 
@@ -340,8 +341,12 @@ impl DaemonConfig {
         if self.spool_max_mb == 0 {
             return invalid("spool_max_mb", "must be at least 1");
         }
-        if !(1..=100_000).contains(&self.batch_max_events) {
-            return invalid("batch_max_events", "must be between 1 and 100000");
+        let max_events = u32::try_from(MAX_EVENTS_PER_BATCH).unwrap_or(u32::MAX);
+        if !(1..=max_events).contains(&self.batch_max_events) {
+            return Err(ConfigError::Invalid {
+                key: "batch_max_events",
+                message: format!("must be between 1 and {max_events} (the server refuses longer batches)"),
+            });
         }
         if !(1..=60_000).contains(&self.batch_max_ms) {
             return invalid("batch_max_ms", "must be between 1 and 60000");

@@ -38,7 +38,7 @@ use crate::config::DaemonConfig;
 use crate::host::HostFacts;
 use crate::kinds::{ALL_KINDS, KindSet};
 use crate::pipeline::batcher::BatchPolicy;
-use crate::sink::SpoolSink;
+use crate::sink::{SpoolSink, SpoolSinkCounters};
 use crate::spool::Spool;
 
 /// The spool's directory under the state directory.
@@ -49,11 +49,12 @@ const QUEUE_CAPACITY: usize = 65_536;
 const CAPTURE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The capture loop as the session drives it: policies over a channel,
-/// counters from its atomics.
+/// counters from its atomics and from its spool sink's.
 #[derive(Debug)]
 struct LoopControl {
     policies: crossbeam_channel::Sender<PolicyUpdate>,
     counters: Arc<LiveCounters>,
+    sink: Arc<SpoolSinkCounters>,
 }
 
 fn update(policy: VerifiedPolicy) -> PolicyUpdate {
@@ -71,6 +72,8 @@ impl CaptureControl for LoopControl {
             ringbuf_lost: self.counters.lost_by_kind().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             queue_overflow: self.counters.queue_overflow.load(Ordering::Relaxed),
             decode_failed: self.counters.decode_failed.load(Ordering::Relaxed),
+            spool_write_dropped: self.sink.dropped_events.load(Ordering::Relaxed),
+            events_truncated: self.sink.events_truncated.load(Ordering::Relaxed),
         }
     }
 
@@ -172,6 +175,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
         console: false,
     };
     let sink = SpoolSink::new(spool.clone(), capture_stop.clone());
+    let sink_counters = sink.counters();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let capture = {
@@ -198,7 +202,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
 
     let ctx = SessionContext {
         spool,
-        capture: Arc::new(LoopControl { policies: policy_tx, counters }),
+        capture: Arc::new(LoopControl { policies: policy_tx, counters, sink: sink_counters }),
         state_dir: config.state_dir.clone(),
         capabilities,
         settings: Arc::new(std::sync::Mutex::new(LiveSettings {
@@ -207,6 +211,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
         })),
         policy_skew_total: Arc::default(),
         policy_refused_total: Arc::default(),
+        refusals: Arc::default(),
     };
     let link_stop = shutdown.child_token();
     let linked = {

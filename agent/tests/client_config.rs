@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use client_support::scratch_dir;
-use tyr_agent::config::{ConfigError, ConfigOverrides, DaemonConfig, ENV_SPOOL_MAX_MB, Secret};
+use tyr_agent::config::{ConfigError, ConfigOverrides, DaemonConfig, ENV_BATCH_MAX_EVENTS, ENV_SPOOL_MAX_MB, Secret};
 use tyr_agent::detect::tracker::UnregisteredAgents;
 
 const FILE: &str = r#"
@@ -98,6 +98,28 @@ fn unknown_keys_and_bad_values_name_the_file_and_key() {
     let path = write("server = \"https://tyr.example:7700\"\nca_pin = \"sha256:abc\"\n");
     let error = DaemonConfig::load(Some(&path), env(&[]), ConfigOverrides::default()).expect_err("bad pin");
     assert!(matches!(error, ConfigError::Invalid { key: "ca_pin", .. }), "{error}");
+}
+
+#[test]
+fn batch_max_events_is_capped_at_the_wire_limit() {
+    let max = tyr_proto::limits::MAX_EVENTS_PER_BATCH;
+    let path = write(&format!("server = \"https://tyr.example:7700\"\nbatch_max_events = {max}\n"));
+    let config =
+        DaemonConfig::load(Some(&path), env(&[]), ConfigOverrides::default()).expect("the limit itself is fine");
+    assert_eq!(config.batch_max_events as usize, max);
+
+    let path = write(&format!("server = \"https://tyr.example:7700\"\nbatch_max_events = {}\n", max + 1));
+    let error = DaemonConfig::load(Some(&path), env(&[]), ConfigOverrides::default()).expect_err("above the limit");
+    assert!(matches!(error, ConfigError::Invalid { key: "batch_max_events", .. }), "{error}");
+    assert!(error.to_string().contains(&max.to_string()), "the message names the limit: {error}");
+
+    let path = write("server = \"https://tyr.example:7700\"\n");
+    let flags = ConfigOverrides { batch_max_events: Some(100_000), ..ConfigOverrides::default() };
+    let error = DaemonConfig::load(Some(&path), env(&[]), flags).expect_err("a flag above the limit");
+    assert!(matches!(error, ConfigError::Invalid { key: "batch_max_events", .. }), "{error}");
+    let error = DaemonConfig::load(Some(&path), env(&[(ENV_BATCH_MAX_EVENTS, "0")]), ConfigOverrides::default())
+        .expect_err("zero");
+    assert!(matches!(error, ConfigError::Invalid { key: "batch_max_events", .. }), "{error}");
 }
 
 #[test]

@@ -52,6 +52,8 @@ impl CaptureControl for FakeCapture {
             ringbuf_lost: BTreeMap::from([("EXEC".to_owned(), 3)]),
             queue_overflow: 5,
             decode_failed: 7,
+            spool_write_dropped: 11,
+            events_truncated: 13,
         }
     }
 
@@ -107,6 +109,7 @@ async fn harness(name: &str) -> Harness {
         })),
         policy_skew_total: Arc::default(),
         policy_refused_total: Arc::default(),
+        refusals: Arc::default(),
     };
     Harness { server, config, spool, capture, ctx }
 }
@@ -194,6 +197,7 @@ async fn a_session_streams_the_spool_applies_pushes_and_replays_after_a_reconnec
     assert_eq!((beat.last_seq, beat.spooled_events), (9, 9));
     assert!(beat.spool_bytes > 0);
     assert_eq!((drops.queue_overflow, drops.decode_failed, drops.spool_evicted), (5, 7, 0));
+    assert_eq!((drops.spool_write_dropped, drops.spool_torn, drops.events_truncated), (11, 0, 13));
     assert_eq!(drops.ringbuf_reserve_failed.get("EXEC"), Some(&3));
 
     // A ConfigUpdate reaches the capture side.
@@ -204,10 +208,22 @@ async fn a_session_streams_the_spool_applies_pushes_and_replays_after_a_reconnec
             batch_max_interval_ms: 250,
             tls_capture: true,
             unregistered_agents: "audit".to_owned(),
+            stored_seq: 0,
         }))
         .await;
     wait_for("batch settings", WAIT, || h.capture.batching.lock().expect("lock").is_some()).await;
     assert_eq!(*h.capture.batching.lock().expect("lock"), Some((500, Duration::from_millis(250))));
+    // A batch size over the wire's limit is capped at it.
+    state
+        .send(In::Config(ConfigUpdate {
+            batch_max_events: 1_000_000,
+            batch_max_interval_ms: 250,
+            ..ConfigUpdate::default()
+        }))
+        .await;
+    let capped = (tyr_proto::limits::MAX_EVENTS_PER_BATCH as u32, Duration::from_millis(250));
+    wait_for("the capped batch size", WAIT, || *h.capture.batching.lock().expect("lock") == Some(capped)).await;
+    assert_eq!(h.spool.stats().last_seq, 9);
 
     // An ack deletes what it covers from the spool.
     state.send(In::Ack(BatchAck { batch_id: 4, acked_seq: 5 })).await;
@@ -230,6 +246,19 @@ async fn a_session_streams_the_spool_applies_pushes_and_replays_after_a_reconnec
     h.spool.append(events(2)).expect("append");
     wait_for("the new batch", WAIT, || batches_on(&state, 2).len() == 2).await;
     assert_eq!(batches_on(&state, 2), [(6, 9), (10, 11)]);
+
+    // The server holds numbers up to 100 (this host's spool was reset, say):
+    // what it holds is acknowledged here, and numbering goes on above it.
+    state.send(In::Config(ConfigUpdate { stored_seq: 100, ..ConfigUpdate::default() })).await;
+    wait_for("the spool's numbering raised", WAIT, || h.spool.stats().last_seq == 100).await;
+    assert_eq!((h.spool.stats().acked_seq, h.spool.stats().events), (11, 0), "all it held is acknowledged");
+    h.spool.append(events(2)).expect("append");
+    wait_for("the next batch", WAIT, || batches_on(&state, 2).len() == 3).await;
+    assert_eq!(batches_on(&state, 2)[2], (101, 102), "numbered on from the server's stored_seq");
+    // A lower stored_seq changes nothing.
+    state.send(In::Config(ConfigUpdate { stored_seq: 50, ..ConfigUpdate::default() })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.spool.stats().last_seq, 102);
 
     // Shutdown closes the request stream cleanly.
     let ends_before = state.clean_ends.load(Ordering::SeqCst);
@@ -281,4 +310,49 @@ async fn a_refused_identity_is_retried_slowly_and_a_new_token_re_enrolls() {
     .await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(2), link).await.expect("stops").expect("joins").expect("ok");
+}
+
+#[tokio::test]
+async fn a_batch_the_server_refuses_is_set_aside_after_two_refusals_alone() {
+    let h = harness("tyrd-session-refusal").await;
+    let state = Arc::clone(&h.server.state);
+    let identity = enroll::enroll(&h.config, "6.8.0-test", "x86_64").await.expect("enrolls");
+    for n in [3, 2, 4] {
+        h.spool.append(events(n)).expect("append");
+    }
+    // The server refuses the batch 4..5 every time it sees it, acks the rest.
+    *state.refuse_batch.lock().expect("lock") = Some(4);
+    state.auto_ack.store(true, Ordering::SeqCst);
+    let shutdown = CancellationToken::new();
+    let link = {
+        let (config, ctx, shutdown) = (h.config.clone(), h.ctx.clone(), shutdown.clone());
+        tokio::spawn(async move { link::run(&config, identity, &ctx, fast_backoff(), &shutdown).await })
+    };
+
+    // Everything else gets through, and the host is not wedged: new batches flow.
+    wait_for("the spool past the refused batch", WAIT, || h.spool.stats().acked_seq == 9).await;
+    h.spool.append(events(2)).expect("append");
+    wait_for("a new batch acknowledged", WAIT, || h.spool.stats().acked_seq == 11).await;
+
+    // Refused twice while alone in flight, never more, then set aside.
+    let stats = h.spool.stats();
+    assert_eq!((stats.rejected_batches, stats.rejected_events, stats.batches), (1, 2, 0));
+    let refused = state.refused_batches.load(Ordering::SeqCst);
+    let streams = state.streams.load(Ordering::SeqCst);
+    let per_stream: Vec<Vec<(u64, u64)>> = (1..=streams).map(|n| batches_on(&state, n)).collect();
+    // Once with three in flight, then twice alone (a stream reset instead of
+    // the status, under load, costs one more round).
+    assert!((2..=4).contains(&refused), "refused {refused} times: {per_stream:?}");
+    let aside = h.ctx.state_dir.join("spool").join(tyr_agent::spool::REJECTED_DIR);
+    let names: Vec<String> = std::fs::read_dir(&aside)
+        .expect("rejected/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["00000000000000000004-00000000000000000005.batch"]);
+    // The last two refusals were of 4..5 alone on its stream.
+    let alone: Vec<usize> = (1..=streams).filter(|&n| batches_on(&state, n) == [(4, 5)]).collect();
+    assert!((2..=3).contains(&alone.len()), "4..5 sent alone on two streams: {per_stream:?}");
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, link).await.expect("link stops").expect("joins").expect("clean exit");
 }

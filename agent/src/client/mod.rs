@@ -8,5 +8,6 @@ pub mod enroll;
 pub mod identity;
 pub mod link;
 pub mod policy;
+pub mod refusal;
 pub mod session;
 pub mod trust;

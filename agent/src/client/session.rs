@@ -6,8 +6,13 @@
 //!   unacknowledged on the stream;
 //! - what the server sends: `BatchAck` (the spool deletes what it covers),
 //!   `PolicyPush` (verified, stored, handed to the capture loop),
-//!   `ConfigUpdate`, `PingRequest`;
-//! - a heartbeat every `heartbeat_interval_s` with the counters.
+//!   `ConfigUpdate` (whose `stored_seq` raises the spool's numbering above
+//!   what the server holds), `PingRequest`;
+//! - a heartbeat every `heartbeat_interval_s` with every drop counter.
+//!
+//! A stream the server ends with `INVALID_ARGUMENT` or `RESOURCE_EXHAUSTED`
+//! refused a batch in flight: see [`super::refusal`] for how such a batch
+//! is found and set aside instead of being replayed forever.
 //!
 //! The session ends on shutdown (the request stream is closed: the server
 //! sees a clean end of stream), on any stream error, or when the server
@@ -25,9 +30,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use tyr_proto::agent_message::Payload as Outgoing;
 use tyr_proto::agent_service_client::AgentServiceClient;
+use tyr_proto::limits::MAX_EVENTS_PER_BATCH;
 use tyr_proto::server_message::Payload as Incoming;
 use tyr_proto::{
     AgentMessage, BatchAck, CapabilityReport, ConfigUpdate, DropCounters, EventBatch, Heartbeat, PingResponse,
@@ -35,6 +41,7 @@ use tyr_proto::{
 };
 
 use super::policy::{self, StoredPush, VerifiedPolicy};
+use super::refusal::Refusals;
 use crate::detect::tracker::UnregisteredAgents;
 use crate::spool::Spool;
 
@@ -54,6 +61,10 @@ pub struct CaptureCounters {
     pub queue_overflow: u64,
     /// Records that did not decode.
     pub decode_failed: u64,
+    /// Events dropped because the spool could not take their batch.
+    pub spool_write_dropped: u64,
+    /// Events cut to fit the wire's limits.
+    pub events_truncated: u64,
 }
 
 /// The capture side as a session drives it.
@@ -97,6 +108,8 @@ pub struct SessionContext {
     pub policy_skew_total: Arc<AtomicU64>,
     /// Pushes refused (malformed or not compilable here).
     pub policy_refused_total: Arc<AtomicU64>,
+    /// Batches the server refused, across sessions.
+    pub refusals: Arc<Mutex<Refusals>>,
 }
 
 impl SessionContext {
@@ -104,6 +117,13 @@ impl SessionContext {
         match self.settings.lock() {
             Ok(settings) => *settings,
             Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn refusals<T>(&self, use_it: impl FnOnce(&mut Refusals) -> T) -> T {
+        match self.refusals.lock() {
+            Ok(mut refusals) => use_it(&mut refusals),
+            Err(poisoned) => use_it(&mut poisoned.into_inner()),
         }
     }
 
@@ -143,6 +163,9 @@ pub fn heartbeat(ctx: &SessionContext) -> Heartbeat {
             queue_overflow: counters.queue_overflow,
             spool_evicted: stats.evicted_events,
             decode_failed: counters.decode_failed,
+            spool_write_dropped: counters.spool_write_dropped,
+            spool_torn: stats.torn_events,
+            events_truncated: counters.events_truncated,
         }),
         spooled_events: stats.events,
         spool_bytes: stats.bytes,
@@ -212,11 +235,16 @@ async fn apply_config(ctx: &SessionContext, update: &ConfigUpdate) -> Option<Dur
             new_interval = Some(interval);
         }
     }
+    if update.stored_seq > 0 {
+        raise_floor(&ctx.spool, update.stored_seq).await;
+    }
     if update.batch_max_events > 0 && update.batch_max_interval_ms > 0 {
         let delay = Duration::from_millis(u64::from(update.batch_max_interval_ms));
-        if !ctx.capture.set_batching(update.batch_max_events, delay) {
+        // The server's own limit on a batch, whatever it asks for.
+        let max_events = update.batch_max_events.min(u32::try_from(MAX_EVENTS_PER_BATCH).unwrap_or(u32::MAX));
+        if !ctx.capture.set_batching(max_events, delay) {
             info!(
-                max_events = update.batch_max_events,
+                max_events,
                 max_ms = update.batch_max_interval_ms,
                 "batch settings from the server apply from the next start"
             );
@@ -238,6 +266,49 @@ async fn apply_config(ctx: &SessionContext, update: &ConfigUpdate) -> Option<Dur
         }
     }
     new_interval
+}
+
+/// Numbers the spool on from above `stored_seq` (the server holds numbers
+/// up to it: lower ones would be taken for replays), and lets go of the
+/// batches the server already holds (stored before a crash cut their ack:
+/// sending them again would only be dropped, evicting them would count a
+/// loss that did not happen).
+async fn raise_floor(spool: &Spool, stored_seq: u64) {
+    let spool = spool.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        spool.resolve_sent(stored_seq)?;
+        spool.raise_floor(stored_seq)
+    });
+    match outcome.await {
+        Ok(Ok(true)) => {
+            warn!(stored_seq, "the server holds higher sequence numbers than the spool: numbering on from them")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => error!(%error, stored_seq, "could not raise the spool's numbering"),
+        Err(error) => error!(%error, stored_seq, "could not raise the spool's numbering"),
+    }
+}
+
+/// Records that the server refused a batch in flight; sets aside the batch
+/// the refusals name (see [`super::refusal`]).
+async fn batch_refused(ctx: &SessionContext, in_flight: &VecDeque<(u64, u64)>, status: &tonic::Status) {
+    let in_flight: Vec<(u64, u64)> = in_flight.iter().copied().collect();
+    let named = ctx.refusals(|refusals| refusals.refused(&in_flight));
+    warn!(
+        code = ?status.code(),
+        message = status.message(),
+        in_flight = in_flight.len(),
+        "the server refused a batch: sending one at a time to find it"
+    );
+    let Some(first) = named else { return };
+    let spool = ctx.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.reject(first)).await {
+        // The spool logs the batch and its count at error level.
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) => warn!(first, "the refused batch is no longer the oldest unacknowledged one, kept"),
+        Ok(Err(error)) => error!(%error, first, "could not set the refused batch aside"),
+        Err(error) => error!(%error, first, "could not set the refused batch aside"),
+    }
 }
 
 fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
@@ -287,6 +358,7 @@ pub async fn run(channel: Channel, ctx: &SessionContext, shutdown: &Cancellation
         Err(status) => return SessionEnd::Failed(format!("opening the stream: {status}")),
     };
     info!("stream open");
+    ctx.spool.begin_session();
     match exchange(ctx, &tx, &mut inbound, shutdown).await {
         // Dropping the sender ends the request stream cleanly.
         end @ SessionEnd::Shutdown => {
@@ -308,17 +380,19 @@ async fn exchange(
     let notify = ctx.spool.notifier();
     // Replay everything not acknowledged, in sequence order.
     let mut cursor = ctx.spool.stats().acked_seq;
-    // Last sequence number of each batch sent and not yet acknowledged.
-    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    // First and last sequence numbers of each batch sent and not yet acknowledged.
+    let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut spool_drained = false;
     let mut heartbeats = heartbeat_timer(ctx.settings().heartbeat_interval);
     loop {
-        if in_flight.len() < MAX_IN_FLIGHT && !spool_drained {
+        let window = ctx.refusals(|refusals| refusals.window(ctx.spool.stats().acked_seq));
+        if in_flight.len() < window && !spool_drained {
             match next_batch(&ctx.spool, cursor).await {
                 Ok(Some(batch)) => {
                     let last = batch.events.last().map_or(batch.batch_id, |e| e.seq);
                     cursor = last;
-                    in_flight.push_back(last);
+                    in_flight.push_back((batch.batch_id, last));
+                    ctx.spool.mark_sent(last);
                     if let Err(end) = send(tx, Outgoing::EventBatch(batch), shutdown).await {
                         return end;
                     }
@@ -328,7 +402,7 @@ async fn exchange(
                 Err(end) => return end,
             }
         }
-        let may_send = in_flight.len() < MAX_IN_FLIGHT;
+        let may_send = in_flight.len() < window;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -337,7 +411,12 @@ async fn exchange(
                     Ok(Some(message)) => message.payload,
                     Ok(None) => return SessionEnd::Failed("the server closed the stream".to_owned()),
                     Err(status) if status.code() == tonic::Code::Unauthenticated => return SessionEnd::Refused(status),
-                    Err(status) => return SessionEnd::Failed(format!("stream: {status}")),
+                    Err(status) => {
+                        if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted) {
+                            batch_refused(ctx, &in_flight, &status).await;
+                        }
+                        return SessionEnd::Failed(format!("stream: {status}"));
+                    }
                 };
                 match payload {
                     Some(Incoming::Ack(BatchAck { batch_id, acked_seq })) => {
@@ -348,7 +427,8 @@ async fn exchange(
                             Ok(Err(error)) => warn!(%error, acked_seq, "spool acknowledgement failed"),
                             Err(error) => warn!(%error, acked_seq, "spool acknowledgement failed"),
                         }
-                        while in_flight.front().is_some_and(|&last| last <= acked_seq) {
+                        ctx.refusals(|refusals| refusals.acknowledged(acked_seq));
+                        while in_flight.front().is_some_and(|&(_, last)| last <= acked_seq) {
                             in_flight.pop_front();
                         }
                         spool_drained = false;

@@ -18,6 +18,15 @@
 //! gap). A file found damaged at open keeps its numbers used: its events
 //! show up as a gap, counted here as torn.
 //!
+//! The server may know of higher numbers than the spool (the spool was
+//! reset under an existing identity): [`Spool::raise_floor`] records, in the
+//! `floor` state file, that every number up to the server's is used, so
+//! numbering goes on above it instead of being taken for replays.
+//!
+//! A batch the server refuses as malformed would be replayed forever:
+//! [`Spool::reject`] moves it aside to `rejected/` (see [`rejected`]) and
+//! acknowledges past it locally.
+//!
 //! Bound: after each append, the oldest unacknowledged batches are evicted
 //! while the spool holds more than `max_bytes`. The batch just written is
 //! never evicted, so a single batch larger than the bound is kept (the
@@ -25,6 +34,7 @@
 //! also holds the highest sequence number, which must stay on disk.
 
 mod file;
+mod rejected;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,9 +49,13 @@ use tyr_proto::{Event, EventBatch};
 
 pub use file::FrameError;
 use file::{WriteFailure, batch_name, parse_batch_name, tmp_name};
+pub use rejected::{MAX_REJECTED_FILES, REJECTED_DIR};
 
 /// The state file holding the highest acknowledged sequence number.
 const ACKED_FILE: &str = "acked";
+/// The state file holding a sequence number known used elsewhere (the
+/// server's), below which the spool never numbers.
+const FLOOR_FILE: &str = "floor";
 
 /// Why a spool operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +119,12 @@ pub struct SpoolStats {
     pub last_seq: u64,
     /// The highest sequence number acknowledged.
     pub acked_seq: u64,
+    /// Batches the server refused as malformed, moved aside (since open).
+    pub rejected_batches: u64,
+    /// Events in those batches (since open).
+    pub rejected_events: u64,
+    /// Files deleted from `rejected/` to keep it bounded (since open).
+    pub rejected_files_deleted: u64,
 }
 
 /// A batch file in the spool.
@@ -126,6 +146,13 @@ struct State {
     /// Batch files by first sequence number.
     index: BTreeMap<u64, Entry>,
     stats: SpoolStats,
+    /// Batches up to this sequence number were sent and may be stored by
+    /// the server though not acknowledged: eviction spares them (counting
+    /// them as evicted would report a loss that may not have happened)
+    /// until the server says what it holds ([`Spool::resolve_sent`]).
+    sent_through: u64,
+    /// Highest sequence number sent on the current stream.
+    session_sent: u64,
 }
 
 impl State {
@@ -177,9 +204,10 @@ fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Reads the `acked` state file; 0 when there is none.
-fn read_acked(dir: &Path) -> Result<u64, SpoolError> {
-    let path = dir.join(ACKED_FILE);
+/// Reads a state file holding one sequence number (`acked`, `floor`); 0
+/// when there is none.
+fn read_state(dir: &Path, name: &str) -> Result<u64, SpoolError> {
+    let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(text) => text.trim().parse().map_err(|_| SpoolError::BadState { path }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
@@ -207,10 +235,11 @@ impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error("restricting", dir))?;
-        let acked = read_acked(dir)?;
+        let acked = read_state(dir, ACKED_FILE)?;
+        let floor = read_state(dir, FLOOR_FILE)?;
         let mut state = State::default();
         state.stats.acked_seq = acked;
-        state.stats.last_seq = acked;
+        state.stats.last_seq = acked.max(floor);
         let mut damaged = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_error("listing", dir))? {
             let entry = entry.map_err(io_error("listing", dir))?;
@@ -222,7 +251,7 @@ impl Spool {
                 continue;
             }
             let Some((first, last)) = parse_batch_name(&name) else {
-                if name != ACKED_FILE {
+                if name != ACKED_FILE && name != FLOOR_FILE && name != REJECTED_DIR {
                     debug!(file = %path.display(), "ignoring a file that is not a spooled batch");
                 }
                 continue;
@@ -318,8 +347,16 @@ impl Spool {
     /// Evicts the oldest batches while over the bound, keeping the newest.
     fn evict(&self, state: &mut State) -> u64 {
         let mut evicted_events = 0;
-        while state.stats.bytes > self.inner.max_bytes && state.index.len() > 1 {
-            let Some((&first, &entry)) = state.index.first_key_value() else { break };
+        while state.stats.bytes > self.inner.max_bytes {
+            // The oldest batch not on the wire, never the newest: while a
+            // stream is open the spool may exceed its bound by the batches
+            // in flight (at most the session's window).
+            let newest = state.index.last_key_value().map(|(&first, _)| first);
+            let unsent = state.sent_through.saturating_add(1);
+            let Some((&first, &entry)) = state.index.range(unsent..).next() else { break };
+            if Some(first) == newest {
+                break;
+            }
             let path = self.inner.dir.join(batch_name(first, entry.last));
             if let Err(error) = remove(&path) {
                 warn!(%error, file = %path.display(), "could not evict a spooled batch");
@@ -428,6 +465,57 @@ impl Spool {
         }
         file::sync_dir(dir).map_err(io_error("syncing", dir))?;
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Records durably that every sequence number up to `seq` is used
+    /// (the server holds numbers up to it), so the next batch is numbered
+    /// from `seq + 1`. A `seq` not above the last number used changes
+    /// nothing; returns whether the numbering moved. Unacknowledged batches
+    /// stay as they are.
+    pub fn raise_floor(&self, seq: u64) -> Result<bool, SpoolError> {
+        let _writer = self.inner.writer.lock().map_err(|_| SpoolError::Poisoned)?;
+        let last_seq = self.state()?.stats.last_seq;
+        if seq <= last_seq {
+            return Ok(false);
+        }
+        let dir = &self.inner.dir;
+        // Durable before any number above it is handed out.
+        file::write_state(dir, FLOOR_FILE, &format!("{seq}\n")).map_err(io_error("writing", &dir.join(FLOOR_FILE)))?;
+        self.state()?.stats.last_seq = seq;
+        Ok(true)
+    }
+
+    /// A new stream begins: nothing is sent on it yet.
+    pub fn begin_session(&self) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            state.session_sent = 0;
+        }
+    }
+
+    /// Records that every batch up to `last_seq` is on the live stream
+    /// (call before sending it): eviction spares it until the server says
+    /// whether it holds it.
+    pub fn mark_sent(&self, last_seq: u64) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            state.sent_through = state.sent_through.max(last_seq);
+            state.session_sent = state.session_sent.max(last_seq);
+        }
+    }
+
+    /// The server holds everything up to `stored_seq` (its per-host
+    /// deduplication keeps what it stores a prefix, minus evictions): those
+    /// batches are acknowledged, and what an earlier stream sent beyond it
+    /// never arrived, so eviction may take (and count) it again. Batches
+    /// sent on the current stream stay spared.
+    pub fn resolve_sent(&self, stored_seq: u64) -> Result<(), SpoolError> {
+        let last = self.stats().last_seq;
+        if stored_seq > 0 && last > 0 {
+            self.acknowledge(stored_seq.min(last))?;
+        }
+        if let Ok(mut state) = self.inner.state.lock() {
+            state.sent_through = state.session_sent;
+        }
+        Ok(())
     }
 
     /// What the spool holds and its counters since open.

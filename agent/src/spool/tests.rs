@@ -113,6 +113,36 @@ fn bound_evicts_oldest_and_counts_exactly() {
 }
 
 #[test]
+fn batches_sent_are_not_evicted_until_the_server_says_what_it_holds() {
+    let dir = TempDir::new();
+    let one = file_bytes(10, "x", 1);
+    let spool = Spool::open(&dir.0, one * 2).expect("open");
+    spool.begin_session();
+    spool.append(events(10, "x")).expect("append"); // 1..=10
+    spool.append(events(10, "x")).expect("append"); // 11..=20
+    // Both are sent and not yet acknowledged: the server may be storing them.
+    spool.mark_sent(20);
+    let appended = spool.append(events(10, "x")).expect("append"); // 21..=30
+    assert_eq!(appended.evicted_events, 0, "sent batches are spared");
+    assert_eq!(spool.stats().batches, 3);
+    // Over the bound: the oldest unsent goes, never the newest.
+    let appended = spool.append(events(10, "x")).expect("append"); // 31..=40
+    assert_eq!(appended.evicted_events, 10);
+    assert_eq!(spool.next_batch(20).expect("read").expect("batch").batch_id, 31, "21..=30 was evicted");
+    // The stream broke without acks; still spared: the server may hold them.
+    spool.begin_session();
+    let appended = spool.append(events(10, "x")).expect("append"); // 41..=50
+    assert_eq!(appended.evicted_events, 10, "31..=40 goes, 1..=20 stay");
+    // The next stream learns the server holds up to 10: that batch is
+    // acknowledged, 11..=20 never arrived and may now be evicted and counted.
+    spool.resolve_sent(10).expect("resolve");
+    assert_eq!(spool.stats().acked_seq, 10);
+    let appended = spool.append(events(10, "x")).expect("append"); // 51..=60
+    assert_eq!(appended.evicted_events, 10);
+    assert_eq!(spool.next_batch(10).expect("read").expect("batch").batch_id, 41);
+}
+
+#[test]
 fn reopen_resumes_the_sequence() {
     let dir = TempDir::new();
     {
@@ -274,4 +304,81 @@ proptest! {
             prop_assert!(spool.next_batch(after).expect("read").is_none());
         }
     }
+}
+
+#[test]
+fn a_raised_floor_numbers_on_above_it_and_survives_reopen() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    spool.append(events(10, "a")).expect("append");
+    assert_eq!(spool.stats().last_seq, 10);
+    assert!(!spool.raise_floor(5).expect("lower"), "a lower value changes nothing");
+    assert!(!spool.raise_floor(10).expect("equal"));
+    assert_eq!(spool.stats().last_seq, 10);
+    assert!(spool.raise_floor(5_000).expect("raise"));
+    assert_eq!(spool.stats().last_seq, 5_000);
+    let next = spool.append(events(2, "b")).expect("append");
+    assert_eq!((next.first_seq, next.last_seq), (5_001, 5_002));
+    // The unacknowledged batch below the floor stays.
+    assert_eq!(spool.next_batch(0).expect("read").expect("batch").batch_id, 1);
+
+    // Across reopen, even once everything was acknowledged and deleted.
+    spool.acknowledge(5_002).expect("ack");
+    drop(spool);
+    let spool = Spool::open(&dir.0, u64::MAX).expect("reopen");
+    assert_eq!(spool.stats().last_seq, 5_002);
+    let fresh = TempDir::new();
+    let raised = Spool::open(&fresh.0, u64::MAX).expect("open");
+    raised.raise_floor(7_000).expect("raise");
+    drop(raised);
+    let raised = Spool::open(&fresh.0, u64::MAX).expect("reopen");
+    assert_eq!(raised.stats().last_seq, 7_000, "the floor file alone keeps the numbering");
+    assert_eq!(raised.append(events(1, "c")).expect("append").first_seq, 7_001);
+    assert!(!raised.raise_floor(6_000).expect("lower"));
+    assert_eq!(raised.append(events(1, "d")).expect("append").first_seq, 7_002);
+}
+
+#[test]
+fn a_rejected_batch_is_moved_aside_and_acknowledged_past() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    spool.append(events(3, "a")).expect("append");
+    spool.append(events(2, "b")).expect("append");
+    assert_eq!(spool.reject(4).expect("reject"), None, "not the oldest unacknowledged batch");
+    assert_eq!(spool.reject(9).expect("reject"), None, "no such batch");
+    assert_eq!(spool.reject(1).expect("reject"), Some(3));
+    let stats = spool.stats();
+    assert_eq!((stats.acked_seq, stats.batches, stats.rejected_batches, stats.rejected_events), (3, 1, 1, 3));
+    assert!(dir.0.join(REJECTED_DIR).join(file::batch_name(1, 3)).exists());
+    assert_eq!(spool.next_batch(stats.acked_seq).expect("read").expect("batch").batch_id, 4);
+
+    // The newest batch too: its numbers stay used across reopen.
+    assert_eq!(spool.reject(4).expect("reject"), Some(2));
+    drop(spool);
+    let spool = Spool::open(&dir.0, u64::MAX).expect("reopen");
+    let stats = spool.stats();
+    assert_eq!((stats.last_seq, stats.acked_seq, stats.batches), (5, 5, 0));
+    assert_eq!(spool.append(events(1, "c")).expect("append").first_seq, 6);
+    let mode = fs::metadata(dir.0.join(REJECTED_DIR)).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn the_rejected_directory_is_bounded() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    let total = MAX_REJECTED_FILES + 3;
+    for _ in 0..total {
+        let appended = spool.append(events(1, "r")).expect("append");
+        assert_eq!(spool.reject(appended.first_seq).expect("reject"), Some(1));
+    }
+    let aside: Vec<String> = fs::read_dir(dir.0.join(REJECTED_DIR))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(aside.len(), MAX_REJECTED_FILES);
+    assert!(!aside.contains(&file::batch_name(1, 1)), "the oldest were deleted");
+    assert!(aside.contains(&file::batch_name(total as u64, total as u64)));
+    let stats = spool.stats();
+    assert_eq!((stats.rejected_batches, stats.rejected_files_deleted), (total as u64, 3));
 }

@@ -79,6 +79,12 @@ pub struct FakeState {
     pub to_client: Mutex<Option<mpsc::Sender<Result<ServerMessage, Status>>>>,
     /// Daemon ids handed out.
     pub enrolled: Mutex<Vec<String>>,
+    /// Refuse the batch with this id: the stream ends with INVALID_ARGUMENT.
+    pub refuse_batch: Mutex<Option<u64>>,
+    /// Times a batch was refused.
+    pub refused_batches: AtomicUsize,
+    /// Acknowledge every batch not refused as soon as it arrives.
+    pub auto_ack: AtomicBool,
 }
 
 impl FakeState {
@@ -140,9 +146,41 @@ impl AgentService for FakeServer {
         *self.state.to_client.lock().expect("lock") = Some(tx);
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {
+            // After a refusal, nothing more on this stream is acknowledged.
+            let mut refused = false;
             loop {
                 match inbound.message().await {
-                    Ok(Some(message)) => state.received.lock().expect("lock").push((number, message)),
+                    Ok(Some(message)) => {
+                        let batch = match &message.payload {
+                            Some(tyr_proto::agent_message::Payload::EventBatch(batch)) => {
+                                Some((batch.batch_id, batch.events.last().map_or(batch.batch_id, |e| e.seq)))
+                            }
+                            _ => None,
+                        };
+                        state.received.lock().expect("lock").push((number, message));
+                        let Some((batch_id, last)) = batch else { continue };
+                        if refused {
+                            continue;
+                        }
+                        if *state.refuse_batch.lock().expect("lock") == Some(batch_id) {
+                            state.refused_batches.fetch_add(1, Ordering::SeqCst);
+                            refused = true;
+                            let tx = state.to_client.lock().expect("lock").take();
+                            if let Some(tx) = tx {
+                                let _ = tx.send(Err(Status::invalid_argument("event field over the limit"))).await;
+                            }
+                            // Keep reading until the client goes: dropping the request
+                            // side now could reset the stream before the status is out.
+                            continue;
+                        }
+                        let tx = state.to_client.lock().expect("lock").clone();
+                        let Some(tx) = tx else { continue };
+                        if state.auto_ack.load(Ordering::SeqCst) {
+                            let ack = tyr_proto::BatchAck { batch_id, acked_seq: last };
+                            let payload = Some(tyr_proto::server_message::Payload::Ack(ack));
+                            let _ = tx.send(Ok(ServerMessage { payload })).await;
+                        }
+                    }
                     Ok(None) => {
                         state.clean_ends.fetch_add(1, Ordering::SeqCst);
                         break;

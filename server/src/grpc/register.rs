@@ -72,7 +72,7 @@ async fn enroll(context: &RegisterContext, request: RegisterRequest) -> Result<R
     // a while and are then told to come back.
     let Ok(Ok(_slot)) = tokio::time::timeout(TOKEN_CHECK_WAIT, TOKEN_CHECKS.acquire()).await else {
         tracing::warn!("register refused: too many token checks at once");
-        return Err(ServiceError::Unavailable("enrollment is busy; retry later").into());
+        return Err(ServiceError::Unavailable("enrollment is busy; retry later"));
     };
     let token_id = tokens::verify(&context.pool, &enrollment_token).await.map_err(token_error)?;
 
