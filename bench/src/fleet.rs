@@ -199,11 +199,44 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitS
     }
 }
 
+/// A child process of the harness, killed when dropped (a leftover tyrd
+/// would go on enforcing its policy on this host).
+#[derive(Debug, Default)]
+struct Running(Option<Child>);
+
+impl Running {
+    /// SIGKILL: no drain, no flush.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` (SIGKILL after it); the exit status.
+    fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take()?;
+        signal(&child, libc::SIGTERM);
+        let status = wait_exit(&mut child, timeout);
+        if status.is_none() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+        status
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// A running `tyr-server serve`.
 #[derive(Debug)]
 pub struct Server {
     binary: PathBuf,
-    child: Option<Child>,
+    child: Running,
     env: Vec<(String, String)>,
     /// Where daemons connect.
     pub grpc_addr: SocketAddr,
@@ -228,8 +261,14 @@ impl Server {
             ("TYR_LOG".to_owned(), "info,tyr_server=debug".to_owned()),
         ];
         env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let mut server =
-            Self { binary, child: None, env, grpc_addr, data_dir: data_dir.to_path_buf(), log: Log::default() };
+        let mut server = Self {
+            binary,
+            child: Running::default(),
+            env,
+            grpc_addr,
+            data_dir: data_dir.to_path_buf(),
+            log: Log::default(),
+        };
         server.spawn();
         server
     }
@@ -265,39 +304,23 @@ impl Server {
                 || child.try_wait().ok().flatten().is_some()
         });
         assert!(ready && child.try_wait().ok().flatten().is_none(), "tyr-server did not start:\n{}", self.log.text());
-        self.child = Some(child);
+        self.child = Running(Some(child));
     }
 
     /// SIGKILL: no drain, no flush.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-        }
+        self.child.kill9();
     }
 
     /// SIGTERM and wait for the drain; the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        signal(&child, libc::SIGTERM);
-        let status = wait_exit(&mut child, Duration::from_secs(60));
-        if status.is_none() {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-        }
-        status
+        self.child.terminate(Duration::from_secs(60))
     }
 
     /// Starts the server again on the same port and data.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -324,7 +347,7 @@ impl Token {
 #[derive(Debug)]
 pub struct Daemon {
     binary: PathBuf,
-    child: Option<Child>,
+    child: Running,
     args: Vec<String>,
     /// tyrd's state directory (identity, spool, sequence).
     pub state_dir: PathBuf,
@@ -339,8 +362,13 @@ impl Daemon {
         let mut all = vec!["run".to_owned(), "--server".to_owned(), server.url()];
         all.extend(["--state-dir".to_owned(), state_dir.display().to_string()]);
         all.extend(args.iter().map(|a| (*a).to_owned()));
-        let mut daemon =
-            Self { binary, child: None, args: all, state_dir: state_dir.to_path_buf(), log: Log::default() };
+        let mut daemon = Self {
+            binary,
+            child: Running::default(),
+            args: all,
+            state_dir: state_dir.to_path_buf(),
+            log: Log::default(),
+        };
         daemon.spawn();
         daemon
     }
@@ -362,37 +390,27 @@ impl Daemon {
             .spawn()
             .expect("spawn tyrd");
         self.log.follow(&mut child, "tyrd");
-        self.child = Some(child);
+        self.child = Running(Some(child));
     }
 
     /// Whether the process has exited, with its status.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| wait_exit(c, timeout))
+        self.child.0.as_mut().and_then(|c| wait_exit(c, timeout))
     }
 
     /// SIGKILL.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-        }
+        self.child.kill9();
     }
 
     /// SIGTERM and wait.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        signal(&child, libc::SIGTERM);
-        let status = wait_exit(&mut child, Duration::from_secs(30));
-        if status.is_none() {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-        }
-        status
+        self.child.terminate(Duration::from_secs(30))
     }
 
     /// Starts it again with the same arguments (and state).
@@ -405,12 +423,6 @@ impl Daemon {
     pub fn daemon_id(&self) -> Option<uuid::Uuid> {
         let text = std::fs::read_to_string(self.state_dir.join("daemon_id")).ok()?;
         uuid::Uuid::parse_str(text.trim()).ok()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -440,7 +452,7 @@ pub fn daemon_row(server: &Server, daemon: uuid::Uuid) -> Option<serde_json::Val
 /// ClickHouse without disturbing the shared endpoint other tests use.
 #[derive(Debug)]
 pub struct ClickHouseEndpoint {
-    child: Option<Child>,
+    child: Running,
     /// Its loopback port, kept across restarts.
     pub port: u16,
     /// Its chDB data directory, kept across restarts.
@@ -453,8 +465,12 @@ impl ClickHouseEndpoint {
     /// Starts one on a free port with its data in `data_dir`; returns once it accepts connections.
     pub fn start(data_dir: &Path) -> Self {
         std::fs::create_dir_all(data_dir).expect("clickhouse data dir");
-        let mut endpoint =
-            Self { child: None, port: free_port(), data_dir: data_dir.to_path_buf(), log: Log::default() };
+        let mut endpoint = Self {
+            child: Running::default(),
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            log: Log::default(),
+        };
         endpoint.spawn();
         endpoint
     }
@@ -489,26 +505,17 @@ impl ClickHouseEndpoint {
             "the private ClickHouse dev endpoint did not start:\n{}",
             self.log.text()
         );
-        self.child = Some(child);
+        self.child = Running(Some(child));
     }
 
     /// SIGKILL.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-        }
+        self.child.kill9();
     }
 
     /// Starts it again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
-    }
-}
-
-impl Drop for ClickHouseEndpoint {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
