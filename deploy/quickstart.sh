@@ -83,9 +83,13 @@ echo "-- tyrd run --server https://127.0.0.1:7700 --token … --ca-pin $pin"
 tyrd=$!
 applied=0
 for _ in $(seq 150); do
-    applied=$("$bin/tyr-server" daemon list | python3 -c \
-        'import json, sys; d = json.load(sys.stdin); print(d[0]["applied_policy_version"] if d else 0)')
-    [ "$applied" != 0 ] && break
+    if [ -s "$state/tyrd/daemon_id" ]; then
+        applied=$("$bin/tyr-server" daemon list | python3 -c '
+import json, sys
+rows = [d for d in json.load(sys.stdin) if d["id"] == sys.argv[1]]
+print(rows[0]["applied_policy_version"] if rows else 0)' "$(cat "$state/tyrd/daemon_id")")
+        [ "$applied" != 0 ] && break
+    fi
     sleep 0.2
 done
 if [ "$applied" = 0 ]; then
@@ -93,16 +97,28 @@ if [ "$applied" = 0 ]; then
     cat "$state/tyrd.log" >&2
     exit 1
 fi
-echo "-- tyr-server daemon list"
+echo "-- tyr-server daemon list (this host: daemon $(cat "$state/tyrd/daemon_id"))"
 "$bin/tyr-server" daemon list
 echo "with tyrd run enforcing the fleet policy (version $applied):"
 try_connect 127.0.0.7 "$port"
 try_connect 127.0.0.1 7700
 echo "-- the DENY event in ClickHouse (agent_id is the daemon's id)"
-sleep 3
 query="SELECT kind, resource, verdict, metadata['rule'] AS rule, policy_version, agent_id, server_verdict, drift_detected
-FROM events WHERE verdict = 'DENY' AND resource LIKE '127.0.0.7:%' ORDER BY timestamp DESC LIMIT 3 FORMAT Vertical"
-curl -sS "${TYR_CLICKHOUSE_URL%/}/?database=${TYR_CLICKHOUSE_DATABASE:-tyr}" --data-binary "$query"
+FROM events WHERE verdict = 'DENY' AND resource LIKE '127.0.0.7:%' AND agent_id = {daemon:UUID}
+ORDER BY timestamp DESC LIMIT 3 FORMAT Vertical"
+stored=""
+for _ in $(seq 60); do
+    stored=$(curl -sS "${TYR_CLICKHOUSE_URL%/}/?database=${TYR_CLICKHOUSE_DATABASE:-tyr}&param_daemon=$(cat "$state/tyrd/daemon_id")" \
+        --data-binary "$query")
+    [ -n "$stored" ] && break
+    sleep 0.5
+done
+if [ -z "$stored" ]; then
+    echo "the DENY event did not reach ClickHouse; the server's log:" >&2
+    tail -n 30 "$state/server.log" >&2
+    exit 1
+fi
+echo "$stored"
 cleanup
 trap - EXIT
 

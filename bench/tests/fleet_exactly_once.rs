@@ -347,10 +347,17 @@ async fn spool_overflow(load_during_drain: bool) {
     // evicted later and counted by tyrd as lost although it is stored.)
     fleet.server.terminate();
     let at_stop = fleet.spool();
-    // Overflow: the oldest unacknowledged batches go (a gap opens after the acked position).
+    // Overflow: the oldest batches not on the wire go, so a hole opens in the
+    // spool after the acknowledged position (batches sent before the stop
+    // are spared until the server says whether it holds them).
     let overflowed = wait_until(Duration::from_secs(60), || {
         let spool = fleet.spool();
-        spool.batches.first().is_some_and(|&(first, _)| first > spool.acked + 2 * SPOOL_LOAD_PER_SECOND)
+        let mut next = spool.acked + 1;
+        spool.batches.iter().any(|&(first, last)| {
+            let hole = first > next + 2 * SPOOL_LOAD_PER_SECOND;
+            next = last + 1;
+            hole
+        })
     });
     assert!(overflowed, "the 4 MiB spool never overflowed: {:?}{}", fleet.spool(), fleet.logs());
     let mut opens = load.opens();
@@ -375,18 +382,34 @@ async fn spool_overflow(load_during_drain: bool) {
         at_stop.acked,
         coverage.missing
     );
-    // The heartbeat after the drain, and the server's bookkeeping, say the same.
+    // The heartbeat after the drain, the server's bookkeeping and ClickHouse
+    // say the same. The host goes on producing events while the spool
+    // drains, so evictions may go on past `last` until it is under its
+    // bound: wait until tyrd's count and the server's gap agree and hold
+    // still, then compare them with everything ClickHouse holds.
     let counted = |row: &serde_json::Value| {
         (row["seq_gap_events"].as_u64().unwrap_or(0), row["drops"]["spool_evicted"].as_u64().unwrap_or(0))
     };
-    let agreed = wait_until(Duration::from_secs(30), || counted(&fleet.row()) == (lost, lost));
+    let mut previous = None;
+    let mut steady = 0;
+    let agreed = wait_until(Duration::from_secs(90), || {
+        let now = counted(&fleet.row());
+        steady = if now.0 == now.1 && previous == Some(now) { steady + 1 } else { 0 };
+        previous = Some(now);
+        steady >= 3
+    });
     let row = fleet.row();
-    assert!(
-        agreed,
-        "ClickHouse lacks {lost} seqs ({:?}); the server counts {} as gap, tyrd {} as evicted: {row}{}",
-        coverage.missing,
-        counted(&row).0,
-        counted(&row).1,
+    let (gap, evicted) = counted(&row);
+    assert!(agreed, "the server counts {gap} as gap, tyrd {evicted} as evicted: {row}{}", fleet.logs());
+    let read = |upto| seq_coverage(&fleet.store, fleet.daemon_id, upto);
+    let stored_up_to = read(0).await.unwrap_or_else(|e| panic!("reading ClickHouse: {e}{}", fleet.logs())).max_seq;
+    let everything = read(stored_up_to).await.unwrap_or_else(|e| panic!("reading ClickHouse: {e}{}", fleet.logs()));
+    assert!(everything.no_duplicates(), "duplicates in ClickHouse: {everything:?}{}", fleet.logs());
+    assert_eq!(
+        everything.missing_events(),
+        gap,
+        "ClickHouse lacks exactly what was evicted ({:?} up to {stored_up_to}): {row}{}",
+        everything.missing,
         fleet.logs()
     );
     fleet.finish().await;
