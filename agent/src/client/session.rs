@@ -334,7 +334,7 @@ async fn send(
 /// The next spooled batch after `cursor`, read off the runtime.
 async fn next_batch(spool: &Spool, cursor: u64) -> Result<Option<EventBatch>, SessionEnd> {
     let spool = spool.clone();
-    match tokio::task::spawn_blocking(move || spool.next_batch(cursor)).await {
+    match tokio::task::spawn_blocking(move || spool.next_to_send(cursor)).await {
         Ok(Ok(batch)) => Ok(batch),
         Ok(Err(error)) => Err(SessionEnd::Failed(format!("reading the spool: {error}"))),
         Err(error) => Err(SessionEnd::Failed(format!("reading the spool: {error}"))),
@@ -392,7 +392,6 @@ async fn exchange(
                     let last = batch.events.last().map_or(batch.batch_id, |e| e.seq);
                     cursor = last;
                     in_flight.push_back((batch.batch_id, last));
-                    ctx.spool.mark_sent(last);
                     if let Err(end) = send(tx, Outgoing::EventBatch(batch), shutdown).await {
                         return end;
                     }

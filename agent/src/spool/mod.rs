@@ -379,8 +379,28 @@ impl Spool {
     /// (`batch_id` is its first sequence number). A batch found damaged is
     /// dropped, counted as torn, and the next one returned.
     pub fn next_batch(&self, after_seq: u64) -> Result<Option<EventBatch>, SpoolError> {
+        self.read_next(after_seq, false)
+    }
+
+    /// As [`Spool::next_batch`], for sending on the live stream: the batch
+    /// is marked sent in the same step that picks it (eviction spares it
+    /// until [`Spool::resolve_sent`]), so eviction cannot take, and count, a
+    /// batch already on its way.
+    pub fn next_to_send(&self, after_seq: u64) -> Result<Option<EventBatch>, SpoolError> {
+        self.read_next(after_seq, true)
+    }
+
+    fn read_next(&self, after_seq: u64, send: bool) -> Result<Option<EventBatch>, SpoolError> {
         loop {
-            let found = self.state()?.index.range(after_seq.saturating_add(1)..).next().map(|(&f, &e)| (f, e));
+            let found = {
+                let mut state = self.state()?;
+                let found = state.index.range(after_seq.saturating_add(1)..).next().map(|(&f, &e)| (f, e));
+                if let (true, Some((_, entry))) = (send, found) {
+                    state.sent_through = state.sent_through.max(entry.last);
+                    state.session_sent = state.session_sent.max(entry.last);
+                }
+                found
+            };
             let Some((first, entry)) = found else { return Ok(None) };
             let path = self.inner.dir.join(batch_name(first, entry.last));
             let bytes = match fs::read(&path) {
@@ -489,16 +509,6 @@ impl Spool {
     pub fn begin_session(&self) {
         if let Ok(mut state) = self.inner.state.lock() {
             state.session_sent = 0;
-        }
-    }
-
-    /// Records that every batch up to `last_seq` is on the live stream
-    /// (call before sending it): eviction spares it until the server says
-    /// whether it holds it.
-    pub fn mark_sent(&self, last_seq: u64) {
-        if let Ok(mut state) = self.inner.state.lock() {
-            state.sent_through = state.sent_through.max(last_seq);
-            state.session_sent = state.session_sent.max(last_seq);
         }
     }
 

@@ -121,7 +121,8 @@ fn batches_sent_are_not_evicted_until_the_server_says_what_it_holds() {
     spool.append(events(10, "x")).expect("append"); // 1..=10
     spool.append(events(10, "x")).expect("append"); // 11..=20
     // Both are sent and not yet acknowledged: the server may be storing them.
-    spool.mark_sent(20);
+    assert_eq!(spool.next_to_send(0).expect("read").expect("batch").batch_id, 1);
+    assert_eq!(spool.next_to_send(10).expect("read").expect("batch").batch_id, 11);
     let appended = spool.append(events(10, "x")).expect("append"); // 21..=30
     assert_eq!(appended.evicted_events, 0, "sent batches are spared");
     assert_eq!(spool.stats().batches, 3);
