@@ -3,10 +3,12 @@
 # three binaries, migrate PostgreSQL, create the ClickHouse events table,
 # probe this kernel with tyrd, watch this host for a few seconds with
 # `tyrd observe` (execs and TLS, with AI-agent labels), check the example
-# policy, then run the fleet loop on this one machine: `tyr-server serve`,
-# a one-use enrollment token, `tyrd run` enrolling with it and the CA pin,
-# a fleet policy pushed to it, a connect refused in the kernel, and the DENY
-# event in ClickHouse. Every packet stays on loopback.
+# policy, then run the fleet loop on this one machine as an operator would:
+# `tyr-server serve`, the first admin, `tyr login` with the CA pin, a
+# one-use enrollment token, `tyrd run` enrolling with it, a policy applied
+# and assigned with `tyr`, a connect refused in the kernel, the DENY event
+# found with `tyr events query`, and the audit log. Every packet stays on
+# loopback.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,7 +40,7 @@ echo "== tyrd policy check deploy/policies/example.yaml (summary)"
 "$bin/tyrd" policy check deploy/policies/example.yaml | python3 -c \
     'import json, sys; d = json.load(sys.stdin); print(json.dumps(d["compiled"], indent=2))'
 
-echo "== the fleet loop: tyr-server serve, a token, tyrd run, a fleet policy, a denied connect, the event in ClickHouse"
+echo "== the fleet loop: tyr-server serve, an operator, a token, tyrd run, a policy, a denied connect, the event, the audit log"
 cat >"$state/fleet.yaml" <<'POLICY'
 name: quickstart
 default_verdict: allow
@@ -60,8 +62,8 @@ try_connect() {
 echo "without tyrd:"
 try_connect 127.0.0.7 "$port"
 
-export TYR_DATA_DIR="$state/server" TYR_GRPC_ADDR=127.0.0.1:7700 TYR_TLS_NAMES=localhost,127.0.0.1
-export TYR_HEARTBEAT_INTERVAL_S=2
+export TYR_DATA_DIR="$state/server" TYR_GRPC_ADDR=127.0.0.1:7700 TYR_REST_ADDR=127.0.0.1:7701
+export TYR_TLS_NAMES=localhost,127.0.0.1 TYR_HEARTBEAT_INTERVAL_S=2
 "$bin/tyr-server" serve 2>"$state/server.log" &
 server=$!
 cleanup() {
@@ -69,56 +71,68 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/7700) 2>/dev/null && break; sleep 0.2; done
-echo "-- tyr-server token create --expires-hours 1 --max-uses 1"
-token_json=$("$bin/tyr-server" token create --expires-hours 1 --max-uses 1 --description quickstart)
-token=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])' <<<"$token_json")
-pin=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["ca_pin"])' <<<"$token_json")
-echo "  CA pin: $pin (the token itself is printed once and not shown here)"
-echo "-- tyr-server policy set --file fleet.yaml (the fleet's base policy)"
-"$bin/tyr-server" policy set --file "$state/fleet.yaml"
+for _ in $(seq 150); do
+    [ -s "$TYR_DATA_DIR/ca.pem" ] && (exec 3<>/dev/tcp/127.0.0.1/7701) 2>/dev/null && break
+    sleep 0.2
+done
+# The operator's side: `tyr` keeps its session here (0600), not in ~/.config.
+export XDG_CONFIG_HOME="$state/operator"
+admin="quickstart-$(date +%s)"
+password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+echo "-- tyr-server user create $admin --admin (the first operator; password on stdin)"
+"$bin/tyr-server" user create "$admin" --admin <<<"$password" >/dev/null
+pin=$(python3 -c 'import hashlib, ssl, sys; print("sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())).hexdigest())' "$TYR_DATA_DIR/ca.pem")
+echo "-- tyr login --server https://127.0.0.1:7701 --ca-pin $pin --username $admin"
+"$bin/tyr" login --server https://127.0.0.1:7701 --ca-pin "$pin" --username "$admin" <<<"$password"
+echo "-- tyr token create --expires-hours 1 --max-uses 1"
+token=$("$bin/tyr" token create --expires-hours 1 --max-uses 1 --description quickstart --format json |
+    python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["token"])')
+echo "  (the token is printed once; not shown here)"
 echo "-- tyrd run --server https://127.0.0.1:7700 --token … --ca-pin $pin"
 "$bin/tyrd" run --server https://127.0.0.1:7700 --token "$token" --ca-pin "$pin" \
     --state-dir "$state/tyrd" 2>"$state/tyrd.log" &
 tyrd=$!
-applied=0
+echo "-- tyr policy apply -f fleet.yaml; tyr policy assign quickstart (the fleet's base policy)"
+"$bin/tyr" policy apply -f "$state/fleet.yaml" --description "quickstart: deny 127.0.0.7"
+"$bin/tyr" policy assign quickstart
+in_force=no
 for _ in $(seq 150); do
     if [ -s "$state/tyrd/daemon_id" ]; then
-        applied=$("$bin/tyr-server" daemon list | python3 -c '
+        in_force=$("$bin/tyr" agent show "$(cat "$state/tyrd/daemon_id")" --format json 2>/dev/null | python3 -c '
 import json, sys
-rows = [d for d in json.load(sys.stdin) if d["id"] == sys.argv[1]]
-print(rows[0]["applied_policy_version"] if rows else 0)' "$(cat "$state/tyrd/daemon_id")")
-        [ "$applied" != 0 ] && break
+d = json.loads(sys.stdin.readline() or "{}")
+v = d.get("assigned_policy_version")
+print("yes" if v and d.get("applied_policy_version") == v else "no")' || echo no)
+        [ "$in_force" = yes ] && break
     fi
     sleep 0.2
 done
-if [ "$applied" = 0 ]; then
-    echo "tyrd did not report a policy in force; its log:" >&2
+if [ "$in_force" != yes ]; then
+    echo "tyrd did not report the assigned policy in force; its log:" >&2
     cat "$state/tyrd.log" >&2
     exit 1
 fi
-echo "-- tyr-server daemon list (this host: daemon $(cat "$state/tyrd/daemon_id"))"
-"$bin/tyr-server" daemon list
-echo "with tyrd run enforcing the fleet policy (version $applied):"
+echo "-- tyr agent list"
+"$bin/tyr" agent list --format table
+echo "with tyrd run enforcing the fleet policy:"
 try_connect 127.0.0.7 "$port"
 try_connect 127.0.0.1 7700
-echo "-- the DENY event in ClickHouse (agent_id is the daemon's id)"
-query="SELECT kind, resource, verdict, metadata['rule'] AS rule, policy_version, agent_id, server_verdict, drift_detected
-FROM events WHERE verdict = 'DENY' AND resource LIKE '127.0.0.7:%' AND agent_id = {daemon:UUID}
-ORDER BY timestamp DESC LIMIT 3 FORMAT Vertical"
-stored=""
+echo "-- tyr events query --kind NET_CONNECT --verdict DENY --resource-prefix 127.0.0.7:"
+found=""
 for _ in $(seq 60); do
-    stored=$(curl -sS "${TYR_CLICKHOUSE_URL%/}/?database=${TYR_CLICKHOUSE_DATABASE:-tyr}&param_daemon=$(cat "$state/tyrd/daemon_id")" \
-        --data-binary "$query")
-    [ -n "$stored" ] && break
+    found=$("$bin/tyr" events query --kind NET_CONNECT --verdict DENY --resource-prefix 127.0.0.7: --limit 3 \
+        --format table 2>/dev/null || true)
+    [ -n "$found" ] && break
     sleep 0.5
 done
-if [ -z "$stored" ]; then
-    echo "the DENY event did not reach ClickHouse; the server's log:" >&2
+if [ -z "$found" ]; then
+    echo "the DENY event did not reach the server; its log:" >&2
     tail -n 30 "$state/server.log" >&2
     exit 1
 fi
-echo "$stored"
+echo "$found"
+echo "-- tyr audit --limit 4 (who changed what)"
+"$bin/tyr" audit --limit 4 --format table
 cleanup
 trap - EXIT
 

@@ -14,4 +14,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # This CI host refuses BPF LSM (ENVIRONMENT.md): the probe test checks it says so.
 export TYR_EXPECT_BPF_LSM=no
+# One cargo run builds the tests and the binaries they start (tyrd,
+# tyr-server) with one feature set; tests use those binaries as built.
+export TYR_PREBUILT_BINARIES=1
 cargo test --workspace --all-targets --locked

@@ -35,6 +35,7 @@ use tyr_proto::{CapabilityReport, Event, EventKind, Verdict};
 
 use crate::capture::{Capture, CaptureConfig};
 use crate::detect::exe_hash::ExeHasher;
+use crate::detect::feed::AgentLink;
 use crate::detect::registry::Registry;
 use crate::detect::tracker::{AgentTracker, UnregisteredAgents};
 use crate::enforce::PolicyInstaller;
@@ -77,6 +78,9 @@ pub struct CaptureLoopConfig {
     /// Print `tyrd observe`'s status lines (`tyrd: ...`) on stderr besides
     /// the tracing logs.
     pub console: bool,
+    /// Discovered agents reported to, and overrides taken from, a session
+    /// (`tyrd run`); None for `tyrd observe`.
+    pub agents: Option<AgentLink>,
 }
 
 /// A policy to put in force (from a local file on SIGHUP, or a server PolicyPush).
@@ -181,6 +185,14 @@ impl Policies<'_> {
     }
 }
 
+/// Applies the override sets waiting on the link (the last one wins).
+fn apply_overrides(link: Option<&AgentLink>, builder: &RefCell<EventBuilder>) {
+    let Some(set) = link.and_then(|link| link.overrides.try_iter().last()) else { return };
+    let count = set.len();
+    let moved = builder.borrow_mut().agents_mut().apply_overrides(set);
+    info!(count, moved, "agent overrides in force");
+}
+
 /// Copies the builder's own counters into the live ones.
 fn publish(counters: &LiveCounters, builder: &EventBuilder) {
     counters.tls_unparsed.store(builder.tls_unparsed, Ordering::Relaxed);
@@ -271,19 +283,23 @@ pub fn run(
     let selection = Selection::new(&config.capture);
     let capacity = NonZeroUsize::new(PROCESS_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN);
     let registry = Registry::open(&config.state_dir).context("loading discovered agents")?;
-    let tracker = AgentTracker::new(
+    let mut tracker = AgentTracker::new(
         registry,
         Some(ExeHasher::start()),
         Some(capture.agent_map()?),
         PathBuf::from("/proc"),
         config.unregistered_agents,
     );
+    if let Some(link) = &config.agents {
+        tracker = tracker.with_feed(Arc::clone(&link.feed));
+    }
     let mut builder = EventBuilder::new(ProcessCache::new(capacity), BootClock::now(), tracker);
     if let Some(versions) = versions {
         builder = builder.with_policies(versions);
     }
     // Shared by the ring callback and the loop, which publishes its counters.
     let builder = RefCell::new(builder);
+    apply_overrides(config.agents.as_ref(), &builder);
     let output_closed = Cell::new(false);
     let mut raw_error = None;
 
@@ -321,6 +337,7 @@ pub fn run(
         let epoll = ring_buffer.epoll_fd();
         while !shutdown.is_cancelled() && !output_closed.get() {
             policy.install_pending(&policies);
+            apply_overrides(config.agents.as_ref(), &builder);
             // Bounded bites, so shutdown and updates are seen even when
             // records arrive as fast as they are consumed.
             let consumed = ring_buffer.consume_raw_n(CONSUME_BATCH);

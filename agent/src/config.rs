@@ -7,6 +7,7 @@
 //! ever held in a [`Secret`], whose `Debug` never shows it.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub const ENV_HEARTBEAT_INTERVAL_S: &str = "TYR_HEARTBEAT_INTERVAL_S";
 pub const ENV_UNREGISTERED_AGENTS: &str = "TYR_UNREGISTERED_AGENTS";
 /// Overrides `tls_capture`.
 pub const ENV_TLS_CAPTURE: &str = "TYR_TLS_CAPTURE";
+/// Overrides `metrics_addr` (`TYRD_`: tyr-server's is `TYR_METRICS_ADDR`,
+/// and both may run on one host).
+pub const ENV_METRICS_ADDR: &str = "TYRD_METRICS_ADDR";
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +142,9 @@ pub struct DaemonConfig {
     pub unregistered_agents: UnregisteredAgents,
     /// Capture TLS ClientHello (SNI) records.
     pub tls_capture: bool,
+    /// Where to serve Prometheus `/metrics` (plain HTTP), e.g.
+    /// `127.0.0.1:7703`; none (the default): no listener at all.
+    pub metrics_addr: Option<SocketAddr>,
     /// Enroll again with a new key even when an identity exists (flag
     /// `--reenroll` only, never in the file).
     #[serde(skip)]
@@ -159,6 +166,7 @@ impl Default for DaemonConfig {
             heartbeat_interval_s: 30,
             unregistered_agents: UnregisteredAgents::Audit,
             tls_capture: true,
+            metrics_addr: None,
             reenroll: false,
         }
     }
@@ -191,6 +199,8 @@ pub struct ConfigOverrides {
     pub unregistered_agents: Option<UnregisteredAgents>,
     /// `--tls-capture`.
     pub tls_capture: Option<bool>,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<SocketAddr>,
     /// `--reenroll`.
     pub reenroll: bool,
 }
@@ -301,6 +311,9 @@ impl DaemonConfig {
         if let Some(v) = get(ENV_TLS_CAPTURE) {
             self.tls_capture = parse_env(ENV_TLS_CAPTURE, &v)?;
         }
+        if let Some(v) = get(ENV_METRICS_ADDR) {
+            self.metrics_addr = Some(parse_env(ENV_METRICS_ADDR, &v)?);
+        }
         Ok(())
     }
 
@@ -320,6 +333,7 @@ impl DaemonConfig {
         self.heartbeat_interval_s = o.heartbeat_interval_s.unwrap_or(self.heartbeat_interval_s);
         self.unregistered_agents = o.unregistered_agents.unwrap_or(self.unregistered_agents);
         self.tls_capture = o.tls_capture.unwrap_or(self.tls_capture);
+        self.metrics_addr = o.metrics_addr.or(self.metrics_addr);
         self.reenroll |= o.reenroll;
     }
 
@@ -370,5 +384,38 @@ impl DaemonConfig {
     /// The name this host enrolls under.
     pub fn host_name(&self) -> String {
         self.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)], flags: ConfigOverrides) -> Result<DaemonConfig, ConfigError> {
+        let mut config = DaemonConfig::from_toml(Path::new("tyrd.toml"), toml)?;
+        config.apply_env(|key| env.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned()))?;
+        config.apply_overrides(flags);
+        Ok(config)
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given_and_flags_win() {
+        let server = "server = \"https://tyr.example:7700\"\n";
+        assert_eq!(DaemonConfig::default().metrics_addr, None, "no listener by default");
+        assert_eq!(load(server, &[], ConfigOverrides::default()).expect("loads").metrics_addr, None);
+
+        let file = format!("{server}metrics_addr = \"127.0.0.1:7703\"\n");
+        let from_file = load(&file, &[], ConfigOverrides::default()).expect("loads");
+        assert_eq!(from_file.metrics_addr, Some("127.0.0.1:7703".parse().expect("address")));
+        let from_env = load(&file, &[(ENV_METRICS_ADDR, "0.0.0.0:9000")], ConfigOverrides::default()).expect("loads");
+        assert_eq!(from_env.metrics_addr, Some("0.0.0.0:9000".parse().expect("address")));
+        let flags =
+            ConfigOverrides { metrics_addr: Some("[::1]:9001".parse().expect("address")), ..Default::default() };
+        let from_flag = load(&file, &[(ENV_METRICS_ADDR, "0.0.0.0:9000")], flags).expect("loads");
+        assert_eq!(from_flag.metrics_addr, Some("[::1]:9001".parse().expect("address")));
+
+        let error = load(server, &[(ENV_METRICS_ADDR, "localhost")], ConfigOverrides::default()).expect_err("bad");
+        assert!(error.to_string().contains(ENV_METRICS_ADDR), "{error}");
+        assert!(load(&format!("{server}metrics_addr = 7703\n"), &[], ConfigOverrides::default()).is_err());
     }
 }

@@ -11,13 +11,14 @@
 //!    problem. With an identity, capture starts even if the server is down;
 //! 3. the policy last pushed (kept in the state directory) goes to the
 //!    capture loop before anything is sent to the server, so the kernel
-//!    enforces the last known policy whatever happens to the server;
+//!    enforces the last known policy whatever happens to the server; so do
+//!    the operators' agent overrides last received;
 //! 4. the capture loop starts (enforcing hooks on) with the spool as its sink;
 //! 5. sessions run until shutdown; then the capture loop stops (it flushes
 //!    its last batch into the spool) and tyrd exits.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,16 +28,20 @@ use tyr_proto::EventKind;
 
 use crate::capture::CaptureConfig;
 use crate::capture_loop::{self, CaptureLoopConfig, LiveCounters, PolicyUpdate};
+use crate::client::agents;
 use crate::client::backoff::Backoff;
 use crate::client::enroll::{self, EnrollError};
 use crate::client::identity::{self, StoredIdentity};
 use crate::client::link;
 use crate::client::policy::{StoredPush, VerifiedPolicy};
-use crate::client::session::{CaptureControl, CaptureCounters, LiveSettings, SessionContext};
+use crate::client::session::{CaptureControl, CaptureCounters, LinkStats, LiveSettings, SessionContext};
 use crate::client::trust::TrustError;
 use crate::config::DaemonConfig;
+use crate::detect::feed::{AgentFeed, AgentLink};
+use crate::detect::overrides::OverrideSet;
 use crate::host::HostFacts;
 use crate::kinds::{ALL_KINDS, KindSet};
+use crate::metrics::{self, DaemonSources};
 use crate::pipeline::batcher::BatchPolicy;
 use crate::sink::{SpoolSink, SpoolSinkCounters};
 use crate::spool::Spool;
@@ -55,6 +60,10 @@ struct LoopControl {
     policies: crossbeam_channel::Sender<PolicyUpdate>,
     counters: Arc<LiveCounters>,
     sink: Arc<SpoolSinkCounters>,
+    /// Discovered agents, from the capture loop.
+    agent_feed: Arc<AgentFeed>,
+    /// Operators' overrides, to the capture loop.
+    overrides: crossbeam_channel::Sender<OverrideSet>,
 }
 
 fn update(policy: VerifiedPolicy) -> PolicyUpdate {
@@ -84,6 +93,14 @@ impl CaptureControl for LoopControl {
 
     fn set_tls_capture(&self, _enabled: bool) -> bool {
         false
+    }
+
+    fn agent_feed(&self) -> Option<Arc<AgentFeed>> {
+        Some(Arc::clone(&self.agent_feed))
+    }
+
+    fn apply_overrides(&self, overrides: OverrideSet) -> bool {
+        self.overrides.send(overrides).is_ok()
     }
 }
 
@@ -144,6 +161,26 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
     let spool_dir = config.state_dir.join(SPOOL_DIR);
     let spool = Spool::open(&spool_dir, config.spool_max_bytes())
         .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
+    // The counters exist from the start, so that metrics are served while
+    // a first boot waits for the server.
+    let counters = Arc::new(LiveCounters::default());
+    let capture_stop = CancellationToken::new();
+    let sink = SpoolSink::new(spool.clone(), capture_stop.clone());
+    let link_stats = Arc::new(LinkStats::default());
+    let (policy_skew_total, policy_refused_total) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let metrics_stop = CancellationToken::new();
+    let _stop_metrics = metrics_stop.clone().drop_guard();
+    if let Some(address) = config.metrics_addr {
+        let sources = DaemonSources {
+            capture: Arc::clone(&counters),
+            sink: sink.counters(),
+            spool: spool.clone(),
+            link: Arc::clone(&link_stats),
+            policy_refused: Arc::clone(&policy_refused_total),
+            policy_skew: Arc::clone(&policy_skew_total),
+        };
+        metrics::spawn(address, sources, metrics_stop).await?;
+    }
     let host = HostFacts::read();
     let Some(identity) = obtain_identity(&config, &host, &shutdown).await? else { return Ok(()) };
 
@@ -160,8 +197,18 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
         Err(error) => warn!(%error, "the stored policy is unusable; waiting for the server's"),
     }
 
-    let counters = Arc::new(LiveCounters::default());
-    let capture_stop = CancellationToken::new();
+    // The overrides last received govern from the start, server or not.
+    let agent_feed = Arc::new(AgentFeed::default());
+    let (overrides_tx, overrides_rx) = crossbeam_channel::unbounded::<OverrideSet>();
+    match agents::load_overrides(&config.state_dir) {
+        Ok(Some(set)) => {
+            info!(count = set.len(), "governing by the last agent overrides received");
+            // The receiver is alive: this cannot fail.
+            let _ = overrides_tx.send(set);
+        }
+        Ok(None) => {}
+        Err(error) => warn!(%error, "the stored agent overrides are unusable; waiting for the server's"),
+    }
     let loop_config = CaptureLoopConfig {
         capture: CaptureConfig { kinds: kinds(config.tls_capture), enforce: true, ..CaptureConfig::default() },
         batch: BatchPolicy {
@@ -173,8 +220,8 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
         record_raw: None,
         unregistered_agents: config.unregistered_agents,
         console: false,
+        agents: Some(AgentLink { feed: Arc::clone(&agent_feed), overrides: overrides_rx }),
     };
-    let sink = SpoolSink::new(spool.clone(), capture_stop.clone());
     let sink_counters = sink.counters();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
@@ -202,16 +249,23 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
 
     let ctx = SessionContext {
         spool,
-        capture: Arc::new(LoopControl { policies: policy_tx, counters, sink: sink_counters }),
+        capture: Arc::new(LoopControl {
+            policies: policy_tx,
+            counters,
+            sink: sink_counters,
+            agent_feed,
+            overrides: overrides_tx,
+        }),
         state_dir: config.state_dir.clone(),
         capabilities,
         settings: Arc::new(std::sync::Mutex::new(LiveSettings {
             heartbeat_interval: config.heartbeat_interval(),
             unregistered_agents: config.unregistered_agents,
         })),
-        policy_skew_total: Arc::default(),
-        policy_refused_total: Arc::default(),
+        policy_skew_total,
+        policy_refused_total,
         refusals: Arc::default(),
+        link_stats,
     };
     let link_stop = shutdown.child_token();
     let linked = {

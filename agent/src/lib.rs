@@ -11,6 +11,7 @@ pub mod detect;
 pub mod enforce;
 pub mod host;
 pub mod kinds;
+pub mod metrics;
 pub mod observe;
 pub mod pipeline;
 pub mod sink;

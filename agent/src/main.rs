@@ -162,6 +162,10 @@ struct RunArgs {
     /// Capture TLS ClientHello (SNI): true or false.
     #[arg(long)]
     tls_capture: Option<bool>,
+    /// Serve Prometheus metrics on this address (plain HTTP, `GET /metrics`),
+    /// e.g. 127.0.0.1:7703; off unless given (here, in tyrd.toml or TYRD_METRICS_ADDR).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Enroll again with a new key (needs a token) even if an identity exists.
     #[arg(long)]
     reenroll: bool,
@@ -182,6 +186,7 @@ impl RunArgs {
             heartbeat_interval_s: self.heartbeat_interval_s,
             unregistered_agents: self.unregistered_agents,
             tls_capture: self.tls_capture,
+            metrics_addr: self.metrics_addr,
             reenroll: self.reenroll,
         }
     }
@@ -250,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     record_raw: args.record_raw,
                     unregistered_agents: args.unregistered_agents,
                     console: true,
+                    agents: None,
                 },
                 policy: args.policy,
             };

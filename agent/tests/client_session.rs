@@ -110,6 +110,7 @@ async fn harness(name: &str) -> Harness {
         policy_skew_total: Arc::default(),
         policy_refused_total: Arc::default(),
         refusals: Arc::default(),
+        link_stats: Arc::default(),
     };
     Harness { server, config, spool, capture, ctx }
 }

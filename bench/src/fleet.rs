@@ -240,6 +240,10 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// Where daemons connect.
     pub grpc_addr: SocketAddr,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_addr: SocketAddr,
+    /// Where operators (`tyr`) reach the REST API.
+    pub rest_addr: SocketAddr,
     /// The server's data directory (CA, keys).
     pub data_dir: PathBuf,
     /// stderr of the current process.
@@ -251,12 +255,16 @@ impl Server {
     pub fn start(scratch: &Scratch, data_dir: &Path, extra_env: &[(&str, &str)]) -> Self {
         let binary = workspace_binary("tyr-server", "tyr-server").expect("tyr-server binary");
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let rest_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
         let mut env = vec![
             ("TYR_DATABASE_URL".to_owned(), scratch.database_url.clone()),
             ("TYR_CLICKHOUSE_URL".to_owned(), clickhouse_url()),
             ("TYR_CLICKHOUSE_DATABASE".to_owned(), scratch.clickhouse_database.clone()),
             ("TYR_DATA_DIR".to_owned(), data_dir.display().to_string()),
             ("TYR_GRPC_ADDR".to_owned(), grpc_addr.to_string()),
+            ("TYR_METRICS_ADDR".to_owned(), metrics_addr.to_string()),
+            ("TYR_REST_ADDR".to_owned(), rest_addr.to_string()),
             ("TYR_TLS_NAMES".to_owned(), "localhost,127.0.0.1".to_owned()),
             ("TYR_LOG".to_owned(), "info,tyr_server=debug".to_owned()),
         ];
@@ -266,6 +274,8 @@ impl Server {
             child: Running::default(),
             env,
             grpc_addr,
+            metrics_addr,
+            rest_addr,
             data_dir: data_dir.to_path_buf(),
             log: Log::default(),
         };
@@ -292,6 +302,11 @@ impl Server {
     /// The server URL daemons are given.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.grpc_addr.port())
+    }
+
+    /// The REST API's URL operators (`tyr login --server`) are given.
+    pub fn rest_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.rest_addr.port())
     }
 
     fn spawn(&mut self) {
@@ -517,5 +532,69 @@ impl ClickHouseEndpoint {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+}
+
+/// The operators' CLI, `tyr`, with a private HOME and XDG_CONFIG_HOME: its
+/// saved login (server, CA, session) lives in that directory only, and
+/// `TYR_SERVER`/`TYR_TOKEN`/`TYR_CA_FILE` of the test's environment are
+/// not passed on.
+#[derive(Debug)]
+pub struct OperatorCli {
+    binary: PathBuf,
+    /// The private home directory.
+    pub home: PathBuf,
+}
+
+impl OperatorCli {
+    /// A `tyr` whose home is `home` (created).
+    pub fn new(home: &Path) -> Self {
+        let binary = workspace_binary("tyr-cli", "tyr").expect("tyr binary");
+        std::fs::create_dir_all(home.join(".config")).expect("tyr home");
+        Self { binary, home: home.to_path_buf() }
+    }
+
+    /// A `tyr ARGS` command in the private home.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env("HOME", &self.home)
+            .env("XDG_CONFIG_HOME", self.home.join(".config"))
+            .env_remove("TYR_SERVER")
+            .env_remove("TYR_TOKEN")
+            .env_remove("TYR_CA_FILE");
+        command
+    }
+
+    /// Runs `tyr ARGS` with `stdin` as its standard input.
+    pub fn run(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write as _;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tyr");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).expect("write tyr's stdin");
+        }
+        child.wait_with_output().expect("tyr runs")
+    }
+
+    /// Runs `tyr ARGS --format json`, asserts exit 0 and parses each line of
+    /// stdout as JSON.
+    pub fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let output = self.run(&all, "");
+        assert_eq!(output.status.code(), Some(0), "tyr {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("tyr {args:?} printed no JSON ({e}): {line}"))
+            })
+            .collect()
     }
 }

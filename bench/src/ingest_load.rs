@@ -218,10 +218,16 @@ impl Harness {
 
     /// Enrolls one daemon with a fresh token: (id, certificate, key).
     async fn enroll(&self, index: usize) -> Result<(Uuid, String, String), LoadError> {
-        let token = tyr_server::control_db::tokens::create(&self.pool, Duration::from_secs(3600), 1, "load harness")
-            .await
-            .map_err(|e| LoadError::Server(e.to_string()))?
-            .token;
+        let token = tyr_server::control_db::tokens::create(
+            &self.pool,
+            &tyr_server::control_db::audit::Actor::local_admin(),
+            Duration::from_secs(3600),
+            1,
+            "load harness",
+        )
+        .await
+        .map_err(|e| LoadError::Server(e.to_string()))?
+        .token;
         let key = rcgen::KeyPair::generate()?;
         let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
         let response = AgentServiceClient::new(self.channel(None).await?)
@@ -411,7 +417,7 @@ async fn run_client(channel: Channel, options: LoadOptions, start: Arc<Barrier>)
                     }
                     acked += 1;
                 }
-                Some(Down::Ping(_) | Down::Config(_) | Down::Policy(_)) => {}
+                Some(Down::Ping(_) | Down::Config(_) | Down::Policy(_) | Down::Overrides(_)) => {}
                 None => return Err(LoadError::Protocol(format!("stream ended after {acked} acks"))),
             },
         }

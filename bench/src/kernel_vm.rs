@@ -53,6 +53,10 @@ pub fn tyrd_binary() -> io::Result<PathBuf> {
     workspace_binary("tyr-agent", "tyrd")
 }
 
+/// Set to `1` when the workspace binaries were built by the `cargo test` run
+/// that runs the tests (the README's test command does): they are used as built.
+pub const PREBUILT_BINARIES_ENV: &str = "TYR_PREBUILT_BINARIES";
+
 /// A binary of this workspace, from the running test's or tool's build
 /// (same target dir and profile). Under cargo (`cargo test`, `cargo run`)
 /// it is rebuilt first: cargo builds only the running package's
@@ -64,7 +68,13 @@ pub fn workspace_binary(package: &str, name: &str) -> io::Result<PathBuf> {
     let dir = exe.parent().ok_or_else(|| failed("locating the build", "no parent dir"))?;
     // Tests run from target/<profile>/deps, tools from target/<profile>.
     let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
-    if let (Some(cargo), Some(target_dir)) = (std::env::var_os("CARGO"), profile_dir.parent()) {
+    // `deploy/test.sh` builds every workspace binary in the same cargo run as
+    // the tests (with the tests' feature set); a `cargo build -p` from here
+    // would resolve features differently and rebuild every dependency a
+    // second time, which doubled the target dir and filled a CI host's disk.
+    let prebuilt = std::env::var_os(PREBUILT_BINARIES_ENV).is_some_and(|value| value == "1");
+    let cargo = std::env::var_os("CARGO").filter(|_| !prebuilt);
+    if let (Some(cargo), Some(target_dir)) = (cargo, profile_dir.parent()) {
         let mut build = Command::new(cargo);
         build
             .args(["build", "-p", package, "--bin", name])

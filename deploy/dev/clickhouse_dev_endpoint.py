@@ -328,6 +328,9 @@ class Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 front of the engine."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm the
+    # second waits for the client's delayed ACK, ~40 ms on every request.
+    disable_nagle_algorithm = True
     server_version = "tyr-clickhouse-dev"
     engine = None  # set by main()
 

@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::config::{ControlDbConfig, IdentityConfig};
+use crate::control_db::audit::Actor;
 use crate::control_db::{self, daemons, tokens};
 use crate::identity::CertificateAuthority;
 
@@ -20,7 +21,7 @@ use crate::identity::CertificateAuthority;
 const DEFAULT_GRPC_PORT: u16 = 7700;
 
 /// What `token create` prints: the only time the token text is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedTokenView {
     /// The token's id.
     pub id: Uuid,
@@ -35,7 +36,7 @@ pub struct CreatedTokenView {
 }
 
 /// A token as `token list` prints it (never its secret or hash).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     /// The token's id.
     pub id: Uuid,
@@ -149,16 +150,23 @@ pub async fn create_token(
     let pool = control_db::connect(control_db_config).await?;
     control_db::migrate(&pool).await.context("migrating the control database")?;
     let lifetime = Duration::from_secs(u64::from(expires_hours) * 3600);
-    let created = tokens::create(&pool, lifetime, max_uses, description).await;
+    let created = tokens::create(&pool, &Actor::local_admin(), lifetime, max_uses, description).await;
     pool.close().await;
     let created = created.context("creating the enrollment token")?;
-    Ok(CreatedTokenView {
-        id: created.id,
-        token: created.token,
-        ca_pin: ca.ca_pin(),
-        expires_at: rfc3339(created.expires_at),
-        max_uses: created.max_uses,
-    })
+    Ok(CreatedTokenView::new(created, &ca))
+}
+
+impl CreatedTokenView {
+    /// What to show of a token just created (with the pin new hosts check).
+    pub fn new(created: tokens::CreatedToken, ca: &CertificateAuthority) -> Self {
+        Self {
+            id: created.id,
+            token: created.token,
+            ca_pin: ca.ca_pin(),
+            expires_at: rfc3339(created.expires_at),
+            max_uses: created.max_uses,
+        }
+    }
 }
 
 /// `tyr-server token create`: prints the token and CA pin as JSON on stdout,
@@ -207,7 +215,7 @@ pub async fn token_list(control_db_config: &ControlDbConfig) -> anyhow::Result<(
 /// `tyr-server token delete ID`: `false` (exit 1) when there is no such token.
 pub async fn token_delete(control_db_config: &ControlDbConfig, id: Uuid) -> anyhow::Result<bool> {
     let pool = control_db::connect(control_db_config).await?;
-    let deleted = tokens::delete(&pool, id).await;
+    let deleted = tokens::delete(&pool, &Actor::local_admin(), id).await;
     pool.close().await;
     let deleted = deleted.context("deleting the enrollment token")?;
     if !deleted {
@@ -229,7 +237,7 @@ pub async fn daemon_list(control_db_config: &ControlDbConfig) -> anyhow::Result<
 /// closed, its certificate refused); `false` (exit 1) when there is none.
 pub async fn daemon_delete(control_db_config: &ControlDbConfig, id: Uuid) -> anyhow::Result<bool> {
     let pool = control_db::connect(control_db_config).await?;
-    let deleted = daemons::delete(&pool, id).await;
+    let deleted = daemons::delete(&pool, &Actor::local_admin(), id).await;
     pool.close().await;
     let deleted = deleted.context("deleting the daemon")?;
     if !deleted {

@@ -8,6 +8,7 @@ use tyr_server::admin;
 use tyr_server::config::{ControlDbConfig, EventStoreConfig};
 use tyr_server::enrollment_admin;
 use tyr_server::serve::ServeConfig;
+use tyr_server::user_admin;
 
 /// Tyr control plane: agents over mTLS gRPC (:7700), operators over REST
 /// (:7701), control data in PostgreSQL, events in ClickHouse.
@@ -41,6 +42,14 @@ enum Command {
     /// Enrolled daemons (until the REST API lands).
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Operators' accounts for the REST API; `user create NAME --admin`
+    /// makes the first admin (there is no default password).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// AI agents the daemons discovered, and the operators' overrides:
+    /// rename, merge, reclassify, archive, promote.
+    #[command(subcommand)]
+    Discovered(tyr_server::discovered_admin::DiscoveredCommand),
     /// Print drift counts per daemon and per discovered agent as JSON.
     Drift {
         /// Only this daemon.
@@ -132,6 +141,39 @@ enum DaemonCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user and print it as JSON. The password is one line of
+    /// stdin when stdin is not a terminal, else typed twice at a prompt;
+    /// at least 12 characters.
+    Create {
+        /// The user name: 1 to 64 letters, digits and `_ . @ -`, unique
+        /// ignoring case.
+        name: String,
+        /// What the user may do: `admin` (everything) or `viewer` (read only).
+        #[arg(long, default_value_t = tyr_server::auth::Role::Viewer, conflicts_with = "admin")]
+        role: tyr_server::auth::Role,
+        /// Same as `--role admin`.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+    /// List users as JSON (never their password hashes).
+    List {
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+    /// Disable a user (it can no longer log in); the last enabled admin
+    /// cannot be disabled; exit 1 when there is no user with this id.
+    Disable {
+        /// The user's id.
+        id: uuid::Uuid,
+        #[command(flatten)]
+        control_db: ControlDbConfig,
+    },
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -187,6 +229,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon(DaemonCommand::List { control_db }) => enrollment_admin::daemon_list(&control_db).await?,
         Command::Daemon(DaemonCommand::Delete { id, control_db }) => {
             if !enrollment_admin::daemon_delete(&control_db, id).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::User(UserCommand::Create { name, role, admin, control_db }) => {
+            let role = if admin { tyr_server::auth::Role::Admin } else { role };
+            user_admin::user_create(&control_db, &name, role).await?;
+        }
+        Command::User(UserCommand::List { control_db }) => user_admin::user_list(&control_db).await?,
+        Command::User(UserCommand::Disable { id, control_db }) => {
+            if !user_admin::user_disable(&control_db, id).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::Discovered(command) => {
+            if tyr_server::discovered_admin::run(command).await? == tyr_server::discovered_admin::Outcome::NotFound {
                 std::process::exit(1);
             }
         }

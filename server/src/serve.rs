@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tyr_proto::agent_service_server::AgentServiceServer;
 
+use crate::auth::jwt::JwtKeys;
+use crate::auth::rate_limit::LoginLimiter;
 use crate::config::{ControlDbConfig, EventStoreConfig, IdentityConfig};
 use crate::control_db;
 use crate::drift::{DriftPool, PolicyCache};
@@ -34,6 +36,8 @@ use crate::grpc::register::RegisterContext;
 use crate::grpc::stream::{SessionSettings, StreamContext, StreamStats};
 use crate::identity::CertificateAuthority;
 use crate::ingest::{BatchLimits, Ingest, IngestConfig};
+use crate::metrics::{self, Metrics};
+use crate::rest::{self, ApiContext, RestTls};
 
 /// Everything `tyr-server serve` is configured with.
 #[derive(Debug, Clone, Args)]
@@ -41,6 +45,23 @@ pub struct ServeConfig {
     /// Address of the daemons' gRPC endpoint (mTLS).
     #[arg(long, env = "TYR_GRPC_ADDR", default_value = "0.0.0.0:7700")]
     pub grpc_addr: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP; loopback
+    /// unless the operator opens it).
+    #[arg(long, env = "TYR_METRICS_ADDR", default_value = "127.0.0.1:7702")]
+    pub metrics_addr: SocketAddr,
+    /// Address of the operators' REST API.
+    #[arg(long, env = "TYR_REST_ADDR", default_value = "0.0.0.0:7701")]
+    pub rest_addr: SocketAddr,
+    /// Serve REST over plain HTTP: only behind a TLS-terminating proxy.
+    #[arg(long, env = "TYR_REST_NO_TLS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub rest_no_tls: bool,
+    /// REST certificate chain (PEM) to use instead of the server CA's serving certificate.
+    #[arg(long, env = "TYR_REST_TLS_CERT", requires = "rest_tls_key")]
+    pub rest_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--rest-tls-cert`.
+    #[arg(long, env = "TYR_REST_TLS_KEY", requires = "rest_tls_cert")]
+    pub rest_tls_key: Option<PathBuf>,
     /// CA, serving certificate and the names it is valid for.
     #[command(flatten)]
     pub identity: IdentityConfig,
@@ -90,6 +111,10 @@ impl ServeConfig {
 pub struct Listeners {
     /// AgentService (mTLS).
     pub grpc: TcpListener,
+    /// Prometheus `/metrics` (plain HTTP).
+    pub metrics: TcpListener,
+    /// The operators' REST API.
+    pub rest: TcpListener,
 }
 
 impl Listeners {
@@ -98,7 +123,13 @@ impl Listeners {
         let grpc = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-        Ok(Self { grpc })
+        let metrics = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
+        let rest = TcpListener::bind(config.rest_addr)
+            .await
+            .with_context(|| format!("binding the REST address {}", config.rest_addr))?;
+        Ok(Self { grpc, metrics, rest })
     }
 }
 
@@ -117,7 +148,14 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
 
     // The writer outlives the sessions so that their last batches can be stored.
     let writer_shutdown = CancellationToken::new();
-    let (ingest, writer) = Ingest::start(store.clone(), pool.clone(), IngestConfig::default(), writer_shutdown.clone());
+    let metrics = Arc::new(Metrics::new());
+    let (ingest, writer) = Ingest::start_with_metrics(
+        store.clone(),
+        pool.clone(),
+        IngestConfig::default(),
+        Arc::clone(&metrics),
+        writer_shutdown.clone(),
+    );
     let workers = config.drift_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let fleet = Fleet::default();
     let notifications = tokio::spawn(fleet.clone().follow_notifications(pool.clone(), shutdown.clone()));
@@ -142,12 +180,34 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
             drift: DriftPool::start(workers),
             policies: PolicyCache::default(),
             ingest,
-            store,
+            store: store.clone(),
             limits: BatchLimits::default(),
             settings,
             shutdown: shutdown.clone(),
             stats: StreamStats::default(),
+            metrics: Arc::clone(&metrics),
         }),
+    };
+    metrics.attach(&service.stream);
+    let metrics_task = tokio::spawn(metrics::http::serve(listeners.metrics, metrics, shutdown.clone()));
+    let rest_address = listeners.rest.local_addr().ok();
+    let rest_task = {
+        let tls = rest_tls(&config, &ca)?;
+        let jwt = Arc::new(JwtKeys::load_or_create(config.data_dir()).context("loading the JWT signing key")?);
+        let ctx = ApiContext {
+            pool: pool.clone(),
+            store: store.clone(),
+            fleet: fleet.clone(),
+            ca: Arc::clone(&ca),
+            jwt,
+            limiter: Arc::new(LoginLimiter::default()),
+            login_checks: Arc::new(tokio::sync::Semaphore::new(crate::rest::LOGIN_CHECKS)),
+            tails: Arc::new(tokio::sync::Semaphore::new(crate::rest::MAX_TAILS)),
+            heartbeat_interval_s: config.heartbeat_interval_s,
+            shutdown: shutdown.clone(),
+        };
+        let (app, _) = rest::router(ctx);
+        tokio::spawn(rest::serve(listeners.rest, app, tls, shutdown.clone()))
     };
     let max_message = config.max_message_mb as usize * 1024 * 1024;
     let grpc =
@@ -160,7 +220,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
         .client_auth_optional(true)
         .timeout(Duration::from_secs(10));
     let address = listeners.grpc.local_addr().ok();
-    tracing::info!(grpc = ?address, ca_pin = %ca.ca_pin(), "tyr-server serving");
+    tracing::info!(grpc = ?address, rest = ?rest_address, ca_pin = %ca.ca_pin(), "tyr-server serving");
 
     let server = Server::builder()
         .tls_config(tls)
@@ -185,7 +245,39 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
         tracing::error!("the event writer stopped abnormally");
     }
     notifications.abort();
+    match tokio::time::timeout(Duration::from_secs(12), rest_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(error = format!("{error:#}"), "the REST API failed"),
+        Ok(Err(_)) => tracing::error!("the REST API stopped abnormally"),
+        Err(_) => tracing::warn!("the REST API did not stop in time"),
+    }
+    match tokio::time::timeout(Duration::from_secs(2), metrics_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(error = format!("{error:#}"), "the metrics endpoint failed"),
+        Ok(Err(_)) => tracing::error!("the metrics endpoint stopped abnormally"),
+        Err(_) => tracing::warn!("the metrics endpoint did not stop within 2 s"),
+    }
     pool.close().await;
     tracing::info!("tyr-server stopped");
     Ok(())
+}
+
+/// How REST speaks: the operator's certificate, else the server's own
+/// serving certificate (chained to the CA the CLI pins), unless TLS is off.
+fn rest_tls(config: &ServeConfig, ca: &CertificateAuthority) -> anyhow::Result<RestTls> {
+    if config.rest_no_tls {
+        tracing::warn!("REST is served without TLS (TYR_REST_NO_TLS): only behind a TLS-terminating proxy");
+        return Ok(RestTls::Off);
+    }
+    match (&config.rest_tls_cert, &config.rest_tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            RestTls::from_pem(&chain, &key_pem)
+        }
+        _ => {
+            let chain = format!("{}{}", ca.serving_cert_pem(), ca.ca_pem());
+            RestTls::from_pem(chain.as_bytes(), ca.serving_key_pem().as_bytes())
+        }
+    }
 }

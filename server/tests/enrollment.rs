@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tonic::Code;
 use tyr_proto::RegisterRequest;
+use tyr_server::control_db::audit::Actor;
 use tyr_server::control_db::{daemons, tokens};
 use tyr_server::grpc::register::{self, CSR_REFUSED, RegisterContext, TOKEN_REFUSED};
 use tyr_server::identity::{CertificateAuthority, daemon_identity};
@@ -59,7 +60,8 @@ async fn twenty_racers_on_five_uses_enroll_exactly_five() {
     let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
     let context = Arc::new(context);
-    let token = tokens::create(&db.pool, Duration::from_secs(3600), 5, "race").await.expect("token");
+    let token =
+        tokens::create(&db.pool, &Actor::local_admin(), Duration::from_secs(3600), 5, "race").await.expect("token");
     let requests: Vec<_> = (0..20).map(|_| request(&token.token)).collect();
     let racers: Vec<_> = requests
         .into_iter()
@@ -97,7 +99,7 @@ async fn every_token_problem_is_the_same_unauthenticated() {
     let (context, dir) = context(&db.pool);
     let hour = Duration::from_secs(3600);
 
-    let expired = tokens::create(&db.pool, hour, 5, "expired").await.expect("token");
+    let expired = tokens::create(&db.pool, &Actor::local_admin(), hour, 5, "expired").await.expect("token");
     sqlx::query(
         "UPDATE enrollment_tokens SET created_at = now() - interval '2 hours', \
          expires_at = now() - interval '1 hour' WHERE id = $1",
@@ -106,13 +108,13 @@ async fn every_token_problem_is_the_same_unauthenticated() {
     .execute(&db.pool)
     .await
     .expect("expire");
-    let deleted = tokens::create(&db.pool, hour, 5, "deleted").await.expect("token");
-    assert!(tokens::delete(&db.pool, deleted.id).await.expect("delete"));
-    assert!(!tokens::delete(&db.pool, deleted.id).await.expect("delete again"), "already gone");
-    let live = tokens::create(&db.pool, hour, 1, "live").await.expect("token");
+    let deleted = tokens::create(&db.pool, &Actor::local_admin(), hour, 5, "deleted").await.expect("token");
+    assert!(tokens::delete(&db.pool, &Actor::local_admin(), deleted.id).await.expect("delete"));
+    assert!(!tokens::delete(&db.pool, &Actor::local_admin(), deleted.id).await.expect("delete again"), "already gone");
+    let live = tokens::create(&db.pool, &Actor::local_admin(), hour, 1, "live").await.expect("token");
     let wrong_secret = format!("{}.{}", live.id, "0".repeat(64));
     let unknown_id = format!("{}.{}", Uuid::new_v4(), live.token.split_once('.').expect("dot").1);
-    let exhausted = tokens::create(&db.pool, hour, 1, "exhausted").await.expect("token");
+    let exhausted = tokens::create(&db.pool, &Actor::local_admin(), hour, 1, "exhausted").await.expect("token");
     register::register(&context, request(&exhausted.token)).await.expect("the one use");
 
     let cases = [
@@ -145,7 +147,7 @@ async fn every_token_problem_is_the_same_unauthenticated() {
 async fn bad_requests_are_invalid_argument_and_consume_nothing() {
     let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
-    let token = tokens::create(&db.pool, Duration::from_secs(3600), 1, "").await.expect("token");
+    let token = tokens::create(&db.pool, &Actor::local_admin(), Duration::from_secs(3600), 1, "").await.expect("token");
 
     let tampered = {
         let mut request = request(&token.token);
@@ -206,7 +208,8 @@ async fn bad_requests_are_invalid_argument_and_consume_nothing() {
 async fn the_issued_certificate_maps_back_to_the_daemon_until_it_is_deleted() {
     let db = ScratchDb::migrated("tyr_enroll").await;
     let (context, dir) = context(&db.pool);
-    let token = tokens::create(&db.pool, Duration::from_secs(3600), 1, "one host").await.expect("token");
+    let token =
+        tokens::create(&db.pool, &Actor::local_admin(), Duration::from_secs(3600), 1, "one host").await.expect("token");
     let response = register::register(&context, request(&token.token)).await.expect("enrolled");
     let daemon_id = Uuid::parse_str(&response.agent_id).expect("uuid");
     assert_eq!(response.ca_cert_pem, context.ca.ca_pem().as_bytes());
@@ -255,11 +258,11 @@ async fn the_issued_certificate_maps_back_to_the_daemon_until_it_is_deleted() {
     // Deleting revokes: the lookup fails and the deletion is announced.
     let mut listener = PgListener::connect(&db.url).await.expect("listener");
     listener.listen(daemons::DAEMON_REVOKED_CHANNEL).await.expect("listen");
-    assert!(daemons::delete(&db.pool, daemon_id).await.expect("delete"));
+    assert!(daemons::delete(&db.pool, &Actor::local_admin(), daemon_id).await.expect("delete"));
     let note = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.expect("in time").expect("note");
     assert_eq!(note.payload(), daemon_id.to_string());
     assert!(daemons::find_by_identity(&db.pool, daemon_id, &identity.serial_hex).await.expect("find").is_none());
-    assert!(!daemons::delete(&db.pool, daemon_id).await.expect("delete again"));
+    assert!(!daemons::delete(&db.pool, &Actor::local_admin(), daemon_id).await.expect("delete again"));
     assert!(!daemons::record_heartbeat(&db.pool, daemon_id, &heartbeat).await.expect("heartbeat"));
     std::fs::remove_dir_all(&dir).expect("cleanup");
     db.drop_now().await;
@@ -268,7 +271,8 @@ async fn the_issued_certificate_maps_back_to_the_daemon_until_it_is_deleted() {
 #[tokio::test]
 async fn secrets_are_stored_as_argon2id_and_never_listed() {
     let db = ScratchDb::migrated("tyr_enroll").await;
-    let token = tokens::create(&db.pool, Duration::from_secs(7200), 3, "rack 4").await.expect("token");
+    let token =
+        tokens::create(&db.pool, &Actor::local_admin(), Duration::from_secs(7200), 3, "rack 4").await.expect("token");
     let (id_text, secret) = token.token.split_once('.').expect("<id>.<secret>");
     assert_eq!(id_text, token.id.to_string());
     assert_eq!(secret.len(), 64);
@@ -291,7 +295,7 @@ async fn secrets_are_stored_as_argon2id_and_never_listed() {
     assert_eq!(tokens::consume(&db.pool, &token.token).await.expect("consume"), token.id);
     assert!(matches!(tokens::consume(&db.pool, "junk").await, Err(tokens::TokenError::Invalid)));
     assert!(matches!(
-        tokens::create(&db.pool, Duration::from_secs(3600), 0, "").await,
+        tokens::create(&db.pool, &Actor::local_admin(), Duration::from_secs(3600), 0, "").await,
         Err(tokens::TokenError::InvalidSettings(_))
     ));
     db.drop_now().await;

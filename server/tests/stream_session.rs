@@ -64,7 +64,7 @@ impl Stream {
         loop {
             match self.next().await.expect("message") {
                 Down::Policy(push) => return push,
-                Down::Ping(_) | Down::Config(_) => continue,
+                Down::Ping(_) | Down::Config(_) | Down::Overrides(_) => continue,
                 Down::Ack(ack) => panic!("unexpected ack {ack:?}"),
             }
         }
@@ -268,7 +268,11 @@ async fn untrusted_certificates_are_refused_and_revocation_closes_the_stream() {
     // A live stream of a daemon that is then deleted: closed within a second.
     let mut stream = Stream::open(&server, Some(&enrolled)).await.expect("stream");
     stream.next_policy().await;
-    assert!(daemons::delete(&server.pool, enrolled.daemon_id).await.expect("delete"));
+    assert!(
+        daemons::delete(&server.pool, &tyr_server::control_db::audit::Actor::local_admin(), enrolled.daemon_id)
+            .await
+            .expect("delete")
+    );
     let deleted_at = Instant::now();
     let ended = loop {
         match stream.next().await {

@@ -36,7 +36,11 @@ pub async fn run(
 ) -> Result<(), EnrollError> {
     let server = ServerAddress::parse(config.server.as_deref().unwrap_or_default())?;
     let mut reenrolled = false;
+    let mut first = true;
     while !shutdown.is_cancelled() {
+        if !std::mem::take(&mut first) {
+            ctx.link_stats.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let started = Instant::now();
         let end = match stream_endpoint(&server, &identity) {
             Ok(endpoint) => {

@@ -1,7 +1,9 @@
 //! tyrd's side of the fleet link: enrollment (key, CSR, Register) with trust
 //! on first contact, the mTLS channel, reconnect backoff, and the Stream
-//! session that sends spooled batches and applies what the server pushes.
+//! session that sends spooled batches and discovered agents, and applies
+//! what the server pushes (policies, agent overrides).
 
+pub mod agents;
 pub mod backoff;
 pub mod channel;
 pub mod enroll;

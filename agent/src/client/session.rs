@@ -7,8 +7,10 @@
 //! - what the server sends: `BatchAck` (the spool deletes what it covers),
 //!   `PolicyPush` (verified, stored, handed to the capture loop),
 //!   `ConfigUpdate` (whose `stored_seq` raises the spool's numbering above
-//!   what the server holds), `PingRequest`;
-//! - a heartbeat every `heartbeat_interval_s` with every drop counter.
+//!   what the server holds), `PingRequest`, `AgentOverrides` (kept, handed
+//!   to the capture loop: see [`super::agents`]);
+//! - a heartbeat every `heartbeat_interval_s` with every drop counter;
+//! - discovered-agent reports, paced (see [`super::agents`]).
 //!
 //! A stream the server ends with `INVALID_ARGUMENT` or `RESOURCE_EXHAUSTED`
 //! refused a batch in flight: see [`super::refusal`] for how such a batch
@@ -40,8 +42,11 @@ use tyr_proto::{
     PolicyPush,
 };
 
+use super::agents::{self, Reporter};
 use super::policy::{self, StoredPush, VerifiedPolicy};
 use super::refusal::Refusals;
+use crate::detect::feed::AgentFeed;
+use crate::detect::overrides::OverrideSet;
 use crate::detect::tracker::UnregisteredAgents;
 use crate::spool::Spool;
 
@@ -80,6 +85,16 @@ pub trait CaptureControl: Debug + Send + Sync + 'static {
     /// Turns TLS capture on or off; false when it only applies from the
     /// next start.
     fn set_tls_capture(&self, enabled: bool) -> bool;
+    /// What the capture loop tells of discovered agents (None: nothing to
+    /// report from).
+    fn agent_feed(&self) -> Option<Arc<AgentFeed>> {
+        None
+    }
+    /// Hands the operators' agent overrides to the capture loop (which
+    /// applies them between ring reads); false when nothing can apply them.
+    fn apply_overrides(&self, _overrides: OverrideSet) -> bool {
+        false
+    }
 }
 
 /// What the server may change while tyrd runs (kept across reconnects).
@@ -110,6 +125,37 @@ pub struct SessionContext {
     pub policy_refused_total: Arc<AtomicU64>,
     /// Batches the server refused, across sessions.
     pub refusals: Arc<Mutex<Refusals>>,
+    /// Streams opened, reconnects, and whether a stream is open (metrics).
+    pub link_stats: Arc<LinkStats>,
+}
+
+/// The link's counters, kept across sessions and read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Streams opened with the server.
+    pub streams_opened: AtomicU64,
+    /// Connection attempts after a session ended or a connection failed.
+    pub reconnects: AtomicU64,
+    /// Streams open now (0 or 1).
+    pub connected: AtomicU64,
+}
+
+impl LinkStats {
+    /// Counts a stream opened; it counts as open until the guard drops.
+    fn opened(&self) -> OpenStream<'_> {
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self)
+    }
+}
+
+/// A stream counted as open in [`LinkStats::connected`].
+struct OpenStream<'a>(&'a LinkStats);
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl SessionContext {
@@ -149,6 +195,11 @@ pub enum SessionEnd {
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
+
+/// How often a push handed to the capture loop is checked for in the kernel.
+const INSTALL_POLL: Duration = Duration::from_millis(50);
+/// How long a push is watched for before only regular heartbeats report it.
+const INSTALL_WATCH: Duration = Duration::from_secs(10);
 
 /// A heartbeat with the counters as they are now.
 pub fn heartbeat(ctx: &SessionContext) -> Heartbeat {
@@ -358,6 +409,7 @@ pub async fn run(channel: Channel, ctx: &SessionContext, shutdown: &Cancellation
         Err(status) => return SessionEnd::Failed(format!("opening the stream: {status}")),
     };
     info!("stream open");
+    let _open = ctx.link_stats.opened();
     ctx.spool.begin_session();
     match exchange(ctx, &tx, &mut inbound, shutdown).await {
         // Dropping the sender ends the request stream cleanly.
@@ -384,6 +436,17 @@ async fn exchange(
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut spool_drained = false;
     let mut heartbeats = heartbeat_timer(ctx.settings().heartbeat_interval);
+    let mut reporter = match ctx.capture.agent_feed() {
+        Some(feed) => Some(Reporter::start(feed, &ctx.state_dir).await),
+        None => None,
+    };
+    let mut report_tick = tokio::time::interval(agents::REPORT_TICK);
+    report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A push just handed to the capture loop: reported by a heartbeat as
+    // soon as the kernel runs it, so the server sees when it applied.
+    let mut awaiting_install: Option<(i64, tokio::time::Instant)> = None;
+    let mut install_poll = tokio::time::interval(INSTALL_POLL);
+    install_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let window = ctx.refusals(|refusals| refusals.window(ctx.spool.stats().acked_seq));
         if in_flight.len() < window && !spool_drained {
@@ -432,7 +495,19 @@ async fn exchange(
                         }
                         spool_drained = false;
                     }
-                    Some(Incoming::Policy(push)) => apply_push(ctx, &push).await,
+                    Some(Incoming::Policy(push)) => {
+                        apply_push(ctx, &push).await;
+                        awaiting_install = Some((push.policy_version, tokio::time::Instant::now()));
+                    }
+                    Some(Incoming::Overrides(message)) => {
+                        let set = agents::receive_overrides(&ctx.state_dir, &message).await;
+                        let count = set.len();
+                        if ctx.capture.apply_overrides(set) {
+                            info!(count, "agent overrides received");
+                        } else {
+                            warn!(count, "agent overrides received but nothing can apply them");
+                        }
+                    }
                     Some(Incoming::Config(update)) => {
                         if let Some(period) = apply_config(ctx, &update).await {
                             heartbeats = heartbeat_timer(period);
@@ -446,7 +521,35 @@ async fn exchange(
                     None => debug!("empty server message ignored"),
                 }
             }
+            _ = report_tick.tick(), if reporter.is_some() => {
+                let reports = match reporter.as_mut() {
+                    Some(reporter) => reporter.tick().await,
+                    None => Vec::new(),
+                };
+                for report in reports {
+                    if let Err(end) = send(tx, Outgoing::Discovered(report), shutdown).await {
+                        return end;
+                    }
+                }
+            }
+            _ = install_poll.tick(), if awaiting_install.is_some() => {
+                if let Some((version, since)) = awaiting_install {
+                    let beat = heartbeat(ctx);
+                    if beat.policy_version == version {
+                        awaiting_install = None;
+                        if let Err(end) = send(tx, Outgoing::Heartbeat(beat), shutdown).await {
+                            return end;
+                        }
+                    } else if since.elapsed() > INSTALL_WATCH {
+                        // Refused or still installing: the regular heartbeats report it.
+                        awaiting_install = None;
+                    }
+                }
+            }
             _ = heartbeats.tick() => {
+                if let Some(reporter) = reporter.as_mut() {
+                    reporter.collect_sightings();
+                }
                 if let Err(end) = send(tx, Outgoing::Heartbeat(heartbeat(ctx)), shutdown).await {
                     return end;
                 }

@@ -5,6 +5,11 @@
 //! image, a fork copies the parent's agent to the child (the kernel does the
 //! same on its side; tyrd repairs the kernel entry when the fork raced the
 //! parent's classification), file and TLS records add behavioural evidence.
+//!
+//! Operators' overrides ([`AgentTracker::apply_overrides`]) move every
+//! process of an overridden agent — running ones in the kernel's agent
+//! map, later ones as they are classified — to the new type's class;
+//! descendants follow through the kernel's fork inheritance.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -13,11 +18,13 @@ use std::sync::{Arc, LazyLock};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use lru::LruCache;
 use tyr_common::agents::{self, Classification, Fingerprint, KNOWN_AGENTS, Matcher, UNKNOWN};
-use tyr_common::policy::compile::{UNREGISTERED_CLASS, class_of};
+use tyr_common::policy::compile::UNREGISTERED_CLASS;
 use tyr_common::policy::unregistered::Restriction;
 
 use super::environ::read_marker_names;
 use super::exe_hash::ExeHasher;
+use super::feed::AgentFeed;
+use super::overrides::{Governing, OverrideSet};
 use super::registry::Registry;
 use crate::bpf::records::tyr_agent_class;
 
@@ -128,8 +135,24 @@ pub struct AgentTracker {
     processes: LruCache<u32, ProcState>,
     unregistered: UnregisteredAgents,
     unknown_label: Arc<AgentLabel>,
+    overrides: OverrideSet,
+    feed: Option<Arc<AgentFeed>>,
     /// Kernel map writes that failed.
     pub kernel_update_failures: u64,
+    /// Processes moved to another class by an override set, in the kernel map.
+    pub override_moves: u64,
+}
+
+/// The [`Governing`] view of a tracker's fields (a macro, so that it
+/// borrows only those fields while a process state is borrowed).
+macro_rules! governing {
+    ($tracker:expr) => {
+        Governing {
+            registry: &$tracker.registry,
+            overrides: &$tracker.overrides,
+            restricted: $tracker.unregistered.restriction().is_some(),
+        }
+    };
 }
 
 /// Is `path`'s file name an interpreter (`python3.11`, `node`, ...)?
@@ -180,8 +203,56 @@ impl AgentTracker {
             processes: LruCache::new(NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN)),
             unregistered,
             unknown_label,
+            overrides: OverrideSet::default(),
+            feed: None,
             kernel_update_failures: 0,
+            override_moves: 0,
         }
+    }
+
+    /// Reports discoveries and activity to `feed` (the session reads it).
+    pub fn with_feed(mut self, feed: Arc<AgentFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Governs by `overrides` from now on: processes of every agent whose
+    /// class changed are moved in the kernel's agent map (running
+    /// processes, and through fork inheritance their later children), and
+    /// events are labelled with the new types. Returns how many kernel
+    /// entries moved.
+    pub fn apply_overrides(&mut self, overrides: OverrideSet) -> usize {
+        self.overrides = overrides;
+        for (_, state) in self.processes.iter_mut() {
+            state.label = None;
+        }
+        let Some(kernel) = &self.kernel else { return 0 };
+        let governing = governing!(self);
+        let mut moves = Vec::new();
+        for key in kernel.keys() {
+            let Ok(Some(bytes)) = kernel.lookup(&key, MapFlags::ANY) else { continue };
+            let mut current = tyr_agent_class { agent: 0, agent_type: 0 };
+            if plain::copy_from_bytes(&mut current, &bytes).is_err() || current.agent == 0 {
+                continue;
+            }
+            let class = governing.class(current.agent);
+            if class != current.agent_type {
+                moves.push((key, tyr_agent_class { agent: current.agent, agent_type: class }));
+            }
+        }
+        let mut moved = 0;
+        for (key, value) in moves {
+            // SAFETY: tyr_agent_class is a Plain repr(C) struct of two u32.
+            let bytes = unsafe { plain::as_bytes(&value) };
+            // EXIST: a process that exited meanwhile is not brought back.
+            match kernel.update(&key, bytes, MapFlags::EXIST) {
+                Ok(()) => moved += 1,
+                Err(error) if error.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(_) => self.kernel_update_failures += 1,
+            }
+        }
+        self.override_moves += moved as u64;
+        moved
     }
 
     /// A tracker with no kernel map, no hashing and no /proc (tests, benchmarks).
@@ -208,7 +279,8 @@ impl AgentTracker {
         let previous = self.processes.get(&pid).map(|s| s.agent).filter(|&a| a != 0);
         let from_parent = self.processes.get(&ppid).map(|s| s.agent).filter(|&a| a != 0);
         let inherited = previous.or(from_parent).or((kernel_agent != 0).then_some(kernel_agent));
-        let unregistered = [pid, ppid].iter().any(|p| self.processes.peek(p).is_some_and(|s| s.unregistered));
+        let unregistered = [pid, ppid].iter().any(|p| self.processes.peek(p).is_some_and(|s| s.unregistered))
+            || inherited.is_some_and(|agent| self.is_unregistered_agent(agent));
         let mut state = ProcState { fingerprint, parent: ppid, unregistered, ..ProcState::default() };
         if let Some(agent) = inherited {
             state.agent = agent;
@@ -229,7 +301,7 @@ impl AgentTracker {
             agent,
             inherited_from: (agent != 0).then_some(agent),
             parent,
-            unregistered: parent_state.unregistered,
+            unregistered: parent_state.unregistered || self.is_unregistered_agent(agent),
             label: None,
         };
         if agent != 0 && kernel_agent != agent {
@@ -274,33 +346,45 @@ impl AgentTracker {
             state.fingerprint.first_sni = Some(server_name.to_owned());
             self.reclassify(pid, &mut state);
         }
-        let agent_type = self.registry.by_index(state.agent).map(|a| a.agent_type.clone());
+        let agent_type = governing!(self).effective_type(state.agent);
         self.processes.put(pid, state);
-        agents::egress_mismatch(&agent_type?, server_name)
+        agents::egress_mismatch(agent_type?, server_name)
     }
 
     /// The label for events of `pid` (`kernel_agent`: what the kernel's map said).
     pub fn label(&mut self, pid: u32, kernel_agent: u32) -> Arc<AgentLabel> {
-        if let Some(label) = self.processes.get(&pid).and_then(|s| s.label.clone()) {
-            return label;
+        if let Some(state) = self.processes.get(&pid)
+            && let Some(label) = &state.label
+        {
+            if let Some(feed) = &self.feed {
+                feed.saw(state.agent);
+            }
+            return Arc::clone(label);
         }
         let lineage = self.lineage(pid);
         if let Some(state) = self.processes.get_mut(&pid) {
-            let mut label = build_label(&self.registry, state, &self.unknown_label);
+            let mut label = build_label(governing!(self), state, &self.unknown_label);
             if !lineage.is_empty() {
                 label.metadata.push(("agent_lineage", Arc::from(lineage)));
             }
             let label = Arc::new(label);
             state.label = Some(Arc::clone(&label));
+            if let Some(feed) = &self.feed {
+                feed.saw(state.agent);
+            }
             return label;
         }
-        match self.registry.by_index(kernel_agent) {
-            Some(agent) => Arc::new(AgentLabel {
-                agent_type: static_type(&agent.agent_type),
+        if let Some(feed) = &self.feed {
+            feed.saw(kernel_agent);
+        }
+        let governing = governing!(self);
+        match (self.registry.by_index(kernel_agent), governing.effective_type(kernel_agent)) {
+            (Some(agent), Some(agent_type)) => Arc::new(AgentLabel {
+                agent_type,
                 discovered_agent_id: agent.id.to_string(),
                 metadata: vec![("agent_inherited", Arc::from("true"))],
             }),
-            None => Arc::clone(&self.unknown_label),
+            _ => Arc::clone(&self.unknown_label),
         }
     }
 
@@ -311,8 +395,7 @@ impl AgentTracker {
         let mut current = self.processes.peek(&pid).map(|s| s.parent);
         while let Some(ancestor) = current.filter(|&p| p != 0 && chain.len() < LINEAGE_DEPTH) {
             let state = self.processes.peek(&ancestor);
-            let agent_type =
-                state.and_then(|s| self.registry.by_index(s.agent)).map_or(UNKNOWN, |a| static_type(&a.agent_type));
+            let agent_type = state.and_then(|s| governing!(self).effective_type(s.agent)).unwrap_or(UNKNOWN);
             chain.push(format!("{ancestor}:{agent_type}"));
             current = state.map(|s| s.parent);
         }
@@ -325,21 +408,12 @@ impl AgentTracker {
         state.label = None;
         // Under quarantine or deny an unregistered agent stays restricted,
         // whatever it or its children exec next: exec'ing a known agent's
-        // binary is no way out (an operator registers it instead).
-        let restricted = state.unregistered && self.unregistered.restriction().is_some();
+        // binary is no way out (an operator promotes it instead).
+        let restricted = state.unregistered
+            && self.unregistered.restriction().is_some()
+            && !governing!(self).overridden(state.agent);
         if own.is_confident() && !restricted {
-            let index = self.registry.discover(
-                own.agent_type,
-                &identity(&state.fingerprint),
-                &state.fingerprint.exe,
-                own.confidence,
-                &own.evidence_text(),
-            );
-            if let Some(hasher) = self.hasher.as_mut()
-                && let Some(sha) = hasher.sha256(Path::new(&state.fingerprint.exe))
-            {
-                self.registry.set_sha256(index, &sha);
-            }
+            let index = self.discover(own.agent_type, &state.fingerprint, &own);
             state.unregistered = false;
             if state.agent != index {
                 state.agent = index;
@@ -347,19 +421,55 @@ impl AgentTracker {
                 self.write_kernel(pid, index);
             }
         } else if state.agent == 0 && own.confidence > 0 && !state.unregistered {
+            // An unregistered agent: discovered as `unknown`, so operators
+            // see it and can promote it. Under quarantine or deny the
+            // kernel governs it (and, through fork, its children) by the
+            // unregistered overlay from now on.
             state.unregistered = true;
-            // Under quarantine or deny the kernel governs it (and, through
-            // fork, its children) by the unregistered overlay from now on.
-            if self.unregistered.restriction().is_some() {
+            let index = self.discover(UNKNOWN, &state.fingerprint, &own);
+            if index != 0 {
+                state.agent = index;
+                state.inherited_from = None;
+                self.write_kernel(pid, index);
+            } else if self.unregistered.restriction().is_some() {
+                // Not registered (too many): restricted all the same.
                 self.write_kernel_class(pid, 0, UNREGISTERED_CLASS);
             }
         }
         state.own = Some(own).filter(|c| c.confidence > 0);
     }
 
+    /// Whether agent `index` is an unregistered agent (detected `unknown`).
+    fn is_unregistered_agent(&self, index: u32) -> bool {
+        self.registry.by_index(index).is_some_and(|a| a.agent_type == UNKNOWN)
+    }
+
+    /// Registers (or finds) the agent of type `agent_type` for this
+    /// fingerprint; tells the feed when it is new or its hash became known.
+    fn discover(&mut self, agent_type: &str, fingerprint: &Fingerprint, own: &Classification) -> u32 {
+        let known = self.registry.agents().len();
+        let index = self.registry.discover(
+            agent_type,
+            &identity(fingerprint),
+            &fingerprint.exe,
+            own.confidence,
+            &own.evidence_text(),
+        );
+        let mut changed = self.registry.agents().len() != known;
+        if let Some(hasher) = self.hasher.as_mut()
+            && let Some(sha) = hasher.sha256(Path::new(&fingerprint.exe))
+        {
+            changed |= self.registry.set_sha256(index, &sha);
+        }
+        if changed && let (Some(feed), Some(agent)) = (&self.feed, self.registry.by_index(index)) {
+            feed.notify(agent);
+        }
+        index
+    }
+
     fn write_kernel(&mut self, pid: u32, index: u32) {
-        let agent_type = self.registry.by_index(index).and_then(|a| class_of(&a.agent_type)).unwrap_or(0);
-        self.write_kernel_class(pid, index, agent_type);
+        let class = governing!(self).class(index);
+        self.write_kernel_class(pid, index, class);
     }
 
     fn write_kernel_class(&mut self, pid: u32, index: u32, agent_type: u32) {
@@ -378,12 +488,7 @@ impl AgentTracker {
     }
 }
 
-/// The known-agent table's own string for a type read from the registry.
-fn static_type(agent_type: &str) -> &'static str {
-    KNOWN_AGENTS.iter().find(|a| a.agent_type == agent_type).map_or(UNKNOWN, |a| a.agent_type)
-}
-
-fn build_label(registry: &Registry, state: &ProcState, unknown: &AgentLabel) -> AgentLabel {
+fn build_label(governing: Governing<'_>, state: &ProcState, unknown: &AgentLabel) -> AgentLabel {
     let mut metadata = Vec::new();
     if let Some(own) = &state.own {
         metadata.push(("agent_evidence", Arc::from(own.evidence_text())));
@@ -392,18 +497,21 @@ fn build_label(registry: &Registry, state: &ProcState, unknown: &AgentLabel) -> 
             metadata.push(("agent_candidate", Arc::from(own.agent_type)));
         }
     }
-    match registry.by_index(state.agent) {
-        Some(agent) => {
+    let agent = governing.registry.by_index(state.agent);
+    match (agent, governing.effective_type(state.agent)) {
+        (Some(agent), Some(agent_type)) => {
             if state.inherited_from.is_some() {
                 metadata.push(("agent_inherited", Arc::from("true")));
             }
-            AgentLabel {
-                agent_type: static_type(&agent.agent_type),
-                discovered_agent_id: agent.id.to_string(),
-                metadata,
+            if governing.overridden(state.agent) {
+                metadata.push(("agent_detected_type", Arc::from(agent.agent_type.as_str())));
+            } else if state.unregistered {
+                metadata.extend(unknown.metadata.iter().cloned());
+                metadata.push((UNREGISTERED_AGENT, Arc::from("true")));
             }
+            AgentLabel { agent_type, discovered_agent_id: agent.id.to_string(), metadata }
         }
-        None => {
+        _ => {
             metadata.extend(unknown.metadata.iter().cloned());
             if state.unregistered {
                 metadata.push((UNREGISTERED_AGENT, Arc::from("true")));
@@ -414,108 +522,4 @@ fn build_label(registry: &Registry, state: &ProcState, unknown: &AgentLabel) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_restricted_unregistered_agent_cannot_exec_its_way_out() {
-        let mut t = AgentTracker::new(
-            Registry::in_memory(),
-            None,
-            None,
-            PathBuf::from("/nonexistent"),
-            UnregisteredAgents::Quarantine,
-        );
-        // Only a name: a weak candidate, so an unregistered agent.
-        t.on_exec(20, 1, "/opt/tools/cursor", &argv(&["cursor"]), 0);
-        assert!(t.label(20, 0).metadata.iter().any(|(k, v)| *k == UNREGISTERED_AGENT && &**v == "true"));
-        // Its child execs a confidently known agent: still unregistered.
-        t.on_fork(20, 21, 0);
-        t.on_exec(21, 20, "/usr/bin/node", &argv(&["node", "/opt/@anthropic-ai/claude-code/cli.js"]), 0);
-        let child = t.label(21, 0);
-        assert_eq!(child.agent_type, UNKNOWN, "{child:?}");
-        assert!(child.metadata.iter().any(|(k, _)| *k == UNREGISTERED_AGENT));
-        // Under audit the same child is claude-code.
-        let mut audit = AgentTracker::detached();
-        audit.on_exec(20, 1, "/opt/tools/cursor", &argv(&["cursor"]), 0);
-        audit.on_fork(20, 21, 0);
-        audit.on_exec(21, 20, "/usr/bin/node", &argv(&["node", "/opt/@anthropic-ai/claude-code/cli.js"]), 0);
-        assert_eq!(audit.label(21, 0).agent_type, "claude-code");
-    }
-
-    fn argv(args: &[&str]) -> Vec<u8> {
-        args.iter().flat_map(|a| a.bytes().chain([0])).collect()
-    }
-
-    #[test]
-    fn classification_inheritance_and_evidence() {
-        let mut t = AgentTracker::detached();
-        t.on_exec(10, 1, "/usr/bin/node", &argv(&["node", "/opt/@anthropic-ai/claude-code/cli.js"]), 0);
-        let claude = t.label(10, 0);
-        assert_eq!(claude.agent_type, "claude-code");
-        assert!(!claude.discovered_agent_id.is_empty());
-        // A shell it starts, and that shell's child, are claude-code too.
-        t.on_fork(10, 11, 0);
-        t.on_exec(11, 10, "/usr/bin/bash", &argv(&["bash", "-c", "ls"]), 0);
-        t.on_fork(11, 12, 0);
-        t.on_exec(12, 11, "/usr/bin/ls", &argv(&["ls"]), 0);
-        let lineage = t.label(12, 0);
-        let lineage: std::collections::HashMap<_, _> = lineage.metadata.iter().cloned().collect();
-        assert_eq!(&*lineage["agent_lineage"], "11:claude-code,10:claude-code,1:unknown");
-        for pid in [11, 12] {
-            let label = t.label(pid, 0);
-            assert_eq!(label.agent_type, "claude-code");
-            assert_eq!(label.discovered_agent_id, claude.discovered_agent_id);
-            assert!(label.metadata.iter().any(|(k, v)| *k == "agent_inherited" && &**v == "true"));
-        }
-        // Plain processes are unknown, with the unregistered mode recorded.
-        t.on_exec(20, 1, "/usr/bin/ls", &argv(&["ls"]), 0);
-        let plain = t.label(20, 0);
-        assert_eq!(plain.agent_type, "unknown");
-        assert!(plain.metadata.iter().any(|(k, v)| *k == "unregistered_agents" && &**v == "audit"));
-        // A renamed binary called cursor: a candidate, not a classification.
-        t.on_exec(21, 1, "/tmp/x/cursor", &argv(&["cursor"]), 0);
-        let renamed = t.label(21, 0);
-        assert_eq!(renamed.agent_type, "unknown");
-        let meta: std::collections::HashMap<_, _> = renamed.metadata.iter().cloned().collect();
-        assert_eq!(&*meta["agent_candidate"], "cursor");
-        assert_eq!(&*meta["agent_evidence"], "exe_name:cursor=25");
-    }
-
-    #[test]
-    fn the_file_gate_covers_the_table() {
-        assert!(!MODULE_PATHS.is_empty() && MODULE_PATHS.iter().all(|m| m.contains("/site-packages/")));
-        assert!(!WRITTEN_NAMES.is_empty() && WRITTEN_NAMES.iter().all(|n| n.starts_with('.')));
-    }
-
-    #[test]
-    fn behaviour_completes_a_fingerprint() {
-        let mut t = AgentTracker::detached();
-        t.on_exec(30, 1, "/usr/bin/python3.11", &argv(&["python3", "agent.py"]), 0);
-        assert_eq!(t.label(30, 0).agent_type, "unknown");
-        t.on_file(30, "/venv/lib/python3.11/site-packages/langgraph/__init__.py", false);
-        assert_eq!(t.label(30, 0).agent_type, "unknown", "a module alone is 50 < 60");
-        let mut t = AgentTracker::detached();
-        t.on_exec(31, 1, "/home/u/.local/bin/aider", &argv(&["aider"]), 0);
-        t.on_file(31, "/home/u/project/.aider.chat.history.md", true);
-        assert_eq!(t.label(31, 0).agent_type, "aider");
-        // Identity of interpreted agents includes the script.
-        let fp = Fingerprint {
-            exe: "/usr/bin/python3".into(),
-            argv: vec!["python3".into(), "-u".into(), "bots/agent.py".into()],
-            ..Fingerprint::default()
-        };
-        assert_eq!(identity(&fp), "/usr/bin/python3 bots/agent.py");
-    }
-
-    #[test]
-    fn tls_to_an_unexpected_host_is_a_mismatch() {
-        let mut t = AgentTracker::detached();
-        t.on_exec(40, 1, "/opt/cursor/bin/cursor", &argv(&["cursor"]), 0);
-        // No environment in this detached tracker: make it confident by path and SNI.
-        assert_eq!(t.on_tls(40, "api2.cursor.sh"), None);
-        assert_eq!(t.label(40, 0).agent_type, "cursor");
-        let reason = t.on_tls(40, "evil.example.com").expect("mismatch");
-        assert!(reason.contains("evil.example.com"), "{reason}");
-    }
-}
+mod tests;

@@ -59,6 +59,11 @@ impl EventBuilder {
         &self.agents
     }
 
+    /// The agent tracker, to change (operators' overrides).
+    pub fn agents_mut(&mut self) -> &mut AgentTracker {
+        &mut self.agents
+    }
+
     /// The process cache (for listing and statistics).
     pub fn cache(&self) -> &ProcessCache {
         &self.cache

@@ -9,11 +9,13 @@
 
 pub mod cedar;
 pub mod compile;
+pub mod emit;
 pub mod model;
 pub mod parse;
 pub mod unregistered;
 
 pub use cedar::{CEDAR_SCHEMA, CedarEvaluator, to_cedar};
 pub use compile::{CompileError, CompiledPolicy, compile};
+pub use emit::{EmitError, to_yaml, to_yaml_verified};
 pub use model::{Action, Decision, Policy, PolicySet, Request, Rule, Severity, Verdict};
 pub use parse::{PolicyError, PolicyErrors, parse_policy};

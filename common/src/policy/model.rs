@@ -36,6 +36,13 @@ impl Action {
     }
 }
 
+/// The name policies use (as [`Action::as_str`]).
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happens to a matching request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -56,6 +63,13 @@ impl Verdict {
 
     pub fn parse(name: &str) -> Option<Self> {
         [Verdict::Allow, Verdict::Deny, Verdict::Alert].into_iter().find(|v| v.as_str() == name)
+    }
+}
+
+/// The name policies use (as [`Verdict::as_str`]).
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -96,6 +110,13 @@ impl Severity {
     }
 }
 
+/// The name policies use (as [`Severity::as_str`]).
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A path matcher of file and exec rules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PathPattern {
@@ -122,6 +143,14 @@ impl PathPattern {
         match self {
             PathPattern::Prefix(s) | PathPattern::Exact(s) | PathPattern::Glob(s) => s,
         }
+    }
+}
+
+/// The text as written in the policy (as [`PathPattern::as_str`]); the
+/// parser tells the kinds apart by it (`*`: a glob, a trailing `/`: a prefix).
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -177,6 +206,13 @@ pub struct PortRange {
 impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
+    }
+}
+
+/// `443`, or `8000-8100` for a range, as the `ports` field takes them.
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last { write!(f, "{}", self.first) } else { write!(f, "{}-{}", self.first, self.last) }
     }
 }
 

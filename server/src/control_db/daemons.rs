@@ -8,6 +8,8 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::audit::{self, Actor, Change};
+
 /// PostgreSQL NOTIFY channel a deletion is announced on; the payload is the
 /// daemon id as text.
 pub const DAEMON_REVOKED_CHANNEL: &str = "tyr_daemon_revoked";
@@ -27,11 +29,16 @@ macro_rules! select_daemon {
 }
 const GET_DAEMON: &str = select_daemon!("id = $1");
 const FIND_BY_IDENTITY: &str = select_daemon!("id = $1 AND cert_serial = $2");
-const LIST_DAEMONS: &str = "SELECT id, name, kernel_version, arch, cert_not_after, enrolled_at, last_seen_at, \
-     applied_policy_version, spooled_events, drops, seq_gap_events, capabilities \
-     FROM daemons ORDER BY enrolled_at, id";
+const LIST_DAEMONS: &str = "SELECT d.id, d.name, d.kernel_version, d.arch, d.cert_not_after, d.enrolled_at, \
+     d.last_seen_at, d.applied_policy_version, d.policy_applied_at, \
+     (SELECT max(e.version) FROM effective_policies e WHERE e.daemon_id = d.id) AS assigned_policy_version, \
+     d.spooled_events, d.drops, d.seq_gap_events, d.capabilities, d.unregistered_agents \
+     FROM daemons d WHERE ($1::uuid IS NULL OR d.id > $1) AND ($2::uuid IS NULL OR d.id = $2) ORDER BY d.id LIMIT $3";
+// The applied version's time moves only when the version does.
 const RECORD_HEARTBEAT: &str = "UPDATE daemons \
-     SET last_seen_at = now(), applied_policy_version = $2, drops = $3, spooled_events = $4 WHERE id = $1";
+     SET last_seen_at = now(), \
+         policy_applied_at = CASE WHEN applied_policy_version = $2 THEN policy_applied_at ELSE now() END, \
+         applied_policy_version = $2, drops = $3, spooled_events = $4 WHERE id = $1";
 
 /// Errors of the daemon repository.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +113,10 @@ pub struct DaemonSummary {
     pub last_seen_at: Option<OffsetDateTime>,
     /// Policy version it reported installed.
     pub applied_policy_version: i64,
+    /// When it first reported that version installed.
+    pub policy_applied_at: Option<OffsetDateTime>,
+    /// The newest effective policy version the server computed (and pushes) for it.
+    pub assigned_policy_version: Option<i64>,
     /// Events in its disk spool at the last heartbeat.
     pub spooled_events: i64,
     /// Drop counters of the last heartbeat.
@@ -114,6 +125,8 @@ pub struct DaemonSummary {
     pub seq_gap_events: i64,
     /// Its last capability report.
     pub capabilities: JsonValue,
+    /// What its kernel does with unregistered agents: audit, quarantine, deny.
+    pub unregistered_agents: String,
 }
 
 /// What a heartbeat records.
@@ -158,21 +171,42 @@ pub async fn find_by_identity(pool: &PgPool, id: Uuid, serial_hex: &str) -> Resu
     Ok(sqlx::query_as(FIND_BY_IDENTITY).bind(id).bind(serial_hex).fetch_optional(pool).await?)
 }
 
-/// Every enrolled daemon, oldest enrollment first.
+/// Every enrolled daemon, by id.
 pub async fn list(pool: &PgPool) -> Result<Vec<DaemonSummary>, DaemonError> {
-    Ok(sqlx::query_as(LIST_DAEMONS).fetch_all(pool).await?)
+    list_page(pool, None, i64::MAX).await
+}
+
+/// At most `limit` daemons with ids after `after`, by id.
+pub async fn list_page(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Vec<DaemonSummary>, DaemonError> {
+    Ok(sqlx::query_as(LIST_DAEMONS).bind(after).bind(None::<Uuid>).bind(limit).fetch_all(pool).await?)
+}
+
+/// One daemon as listed; None when there is none with this id.
+pub async fn summary(pool: &PgPool, id: Uuid) -> Result<Option<DaemonSummary>, DaemonError> {
+    Ok(sqlx::query_as(LIST_DAEMONS).bind(None::<Uuid>).bind(id).bind(1_i64).fetch_optional(pool).await?)
 }
 
 /// Deletes (revokes) a daemon and announces it on
 /// [`DAEMON_REVOKED_CHANNEL`] in the same transaction, so listeners hear of
 /// it exactly when it is committed; `false` when there was none.
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, DaemonError> {
+pub async fn delete(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<bool, DaemonError> {
     let mut tx = pool.begin().await?;
-    let deleted = sqlx::query("DELETE FROM daemons WHERE id = $1").bind(id).execute(&mut *tx).await?;
-    if deleted.rows_affected() == 0 {
+    let deleted: Option<(String, String)> =
+        sqlx::query_as("DELETE FROM daemons WHERE id = $1 RETURNING name, cert_serial")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((name, cert_serial)) = deleted else {
         tx.rollback().await?;
         return Ok(false);
-    }
+    };
+    let before = serde_json::json!({ "name": name, "cert_serial": cert_serial });
+    audit::record(
+        &mut tx,
+        actor,
+        &Change { action: "daemon.delete", target: format!("daemon:{id}"), before: Some(before), after: None },
+    )
+    .await?;
     sqlx::query("SELECT pg_notify($1, $2)").bind(DAEMON_REVOKED_CHANNEL).bind(id.to_string()).execute(&mut *tx).await?;
     tx.commit().await?;
     tracing::info!(daemon_id = %id, "daemon deleted");

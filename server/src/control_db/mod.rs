@@ -3,9 +3,13 @@
 //! The migrations live in the repository's `migrations/` folder and are
 //! embedded into the binary, so a deployed server migrates itself.
 
+pub mod audit;
 pub mod daemons;
+pub mod discovered;
 pub mod policies;
+pub mod policy_catalog;
 pub mod tokens;
+pub mod users;
 
 use std::time::Duration;
 

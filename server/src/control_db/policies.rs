@@ -11,11 +11,14 @@
 //! tell a version the server sent from one it never did.
 
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tyr_common::policy::compile::bytes::LAYOUT_VERSION;
 use tyr_common::policy::unregistered::{Restriction, with_unregistered};
-use tyr_common::policy::{PolicyErrors, compile, parse_policy, to_cedar};
+use tyr_common::policy::{PolicyErrors, PolicySet, Rule, compile, parse_policy, to_cedar, to_yaml_verified};
 use uuid::Uuid;
+
+use super::audit::Actor;
+use super::policy_catalog::{self, Scope, valid_name};
 
 /// PostgreSQL NOTIFY channel announcing that effective policies may have
 /// changed; the payload is a daemon id, or `*` for the whole fleet.
@@ -36,6 +39,20 @@ pub enum PolicyStoreError {
     InvalidName(String),
     #[error("no daemon {0}")]
     NoSuchDaemon(Uuid),
+    #[error("no policy named {0:?}")]
+    NotFound(String),
+    #[error("policy {name:?} is still assigned ({assignments} assignments); unassign it first")]
+    StillAssigned { name: String, assignments: i64 },
+    #[error("{0}")]
+    NotAssigned(String),
+    #[error("unknown agent type {0:?}: a type of the known-agent table, or unknown")]
+    InvalidAgentType(String),
+    #[error("description is longer than 1024 characters")]
+    InvalidDescription,
+    #[error("policy {0:?} has overlays of its own; an overlay assignment takes a document's top-level rules only")]
+    NestedOverlay(String),
+    #[error("composed policy cannot be written: {0}")]
+    Composition(#[from] tyr_common::policy::EmitError),
     #[error("PostgreSQL query failed: {0}")]
     Query(#[from] sqlx::Error),
 }
@@ -85,17 +102,11 @@ pub fn restriction_of(mode: &str) -> Option<Restriction> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && name.len() <= 128
-}
-
 /// Validates `yaml` (as `tyrd policy check` does, kernel limits included),
-/// stores it under `name` (a new version when the name exists), makes it the
-/// base policy of `daemon` (the fleet when None), and tells every server
-/// replica that effective policies changed.
+/// stores it under `name` (a new version when the document changed), makes
+/// it the base policy of `daemon` (the fleet when None), and tells every
+/// server replica that effective policies changed: one transaction, audited
+/// as the server's local administrator (`tyr-server policy set`).
 pub async fn set_base(
     pool: &PgPool,
     name: &str,
@@ -107,46 +118,46 @@ pub async fn set_base(
     }
     let set = parse_policy(name, yaml)?;
     compile(&set, 1)?;
+    let actor = Actor::local_admin();
     let mut tx = pool.begin().await?;
-    if let Some(id) = daemon {
-        let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM daemons WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(PolicyStoreError::NoSuchDaemon(id));
-        }
-    }
-    let (id, version): (Uuid, i64) = sqlx::query_as(
-        "INSERT INTO policies (id, name, source_yaml) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE
-           SET source_yaml = EXCLUDED.source_yaml, version = nextval('policy_version_seq'), updated_at = now()
-         RETURNING id, version",
-    )
-    .bind(Uuid::now_v7())
-    .bind(name)
-    .bind(yaml)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM policy_assignments WHERE scope = 'base' AND daemon_id IS NOT DISTINCT FROM $1")
-        .bind(daemon)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO policy_assignments (id, policy_id, daemon_id, scope) VALUES ($1, $2, $3, 'base')")
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(daemon)
-        .execute(&mut *tx)
-        .await?;
-    // A changed document can be the base of daemons other than `daemon`:
-    // every session re-derives its policy; unchanged inputs keep their version.
-    sqlx::query("SELECT pg_notify($1, '*')").bind(POLICY_CHANGED_CHANNEL).execute(&mut *tx).await?;
+    let applied = policy_catalog::apply_on(&mut tx, &actor, name, yaml, "").await?;
+    policy_catalog::assign_on(&mut tx, &actor, name, &Scope::Base, daemon).await?;
     tx.commit().await?;
-    Ok(StoredPolicy { id, name: name.to_owned(), version, daemon_id: daemon })
+    Ok(StoredPolicy { id: applied.id, name: applied.name, version: applied.version, daemon_id: daemon })
 }
 
-/// The base policy that applies to `daemon`: its own, else the fleet's.
-async fn assigned_base(pool: &PgPool, daemon: Uuid) -> Result<Option<(Uuid, String, i64, String)>, sqlx::Error> {
+/// The rules an overlay assignment of `document` contributes: its top-level
+/// rules (its default verdict does not apply; the base's does).
+pub fn compose_overlay_rules(name: &str, document: &PolicySet) -> Result<Vec<Rule>, PolicyStoreError> {
+    if !document.overlays.is_empty() {
+        return Err(PolicyStoreError::NestedOverlay(name.to_owned()));
+    }
+    Ok(document.base.rules.clone())
+}
+
+/// Overlay assignments that apply to `daemon`, one per agent type (its own
+/// before the fleet's): (agent type, policy id, version, name, document).
+async fn assigned_overlays(
+    conn: &mut PgConnection,
+    daemon: Option<Uuid>,
+) -> Result<Vec<(String, Uuid, i64, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (a.agent_type) a.agent_type, p.id, p.version, p.name, p.source_yaml
+           FROM policy_assignments a JOIN policies p ON p.id = a.policy_id
+          WHERE a.scope = 'overlay' AND (a.daemon_id = $1 OR a.daemon_id IS NULL)
+          ORDER BY a.agent_type, a.daemon_id NULLS LAST",
+    )
+    .bind(daemon)
+    .fetch_all(conn)
+    .await
+}
+
+/// The base policy that applies to `daemon` (its own, else the fleet's;
+/// None: the fleet's own): (policy id, name, version, document).
+async fn assigned_base(
+    conn: &mut PgConnection,
+    daemon: Option<Uuid>,
+) -> Result<Option<(Uuid, String, i64, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT p.id, p.name, p.version, p.source_yaml
            FROM policy_assignments a JOIN policies p ON p.id = a.policy_id
@@ -155,8 +166,62 @@ async fn assigned_base(pool: &PgPool, daemon: Uuid) -> Result<Option<(Uuid, Stri
           LIMIT 1",
     )
     .bind(daemon)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
+}
+
+/// A policy composed from the assignments of a daemon (or of the fleet).
+#[derive(Debug)]
+pub(crate) struct Composed {
+    /// The base policy's name; None when no base is assigned.
+    pub base_name: Option<String>,
+    /// The composed set (before any unregistered-agents restriction).
+    pub set: PolicySet,
+    /// The composed document, as tyrd receives and recompiles it.
+    pub yaml: String,
+    /// What it was composed from (ids and versions), for the inputs hash.
+    pub inputs: String,
+}
+
+/// Composes the base policy of `daemon` (the fleet when None) with the
+/// overlays assigned to it.
+pub(crate) async fn compose(conn: &mut PgConnection, daemon: Option<Uuid>) -> Result<Composed, PolicyStoreError> {
+    let base = assigned_base(&mut *conn, daemon).await?;
+    let (base_name, mut yaml, mut inputs) = match &base {
+        Some((id, name, version, yaml)) => (Some(name.clone()), yaml.clone(), format!("{id}:{version}")),
+        None => (None, NO_POLICY_YAML.to_owned(), "none".to_owned()),
+    };
+    let mut set = parse_policy(base_name.as_deref().unwrap_or("no-policy"), &yaml)?;
+    let overlays = assigned_overlays(&mut *conn, daemon).await?;
+    for (agent_type, id, version, name, document) in &overlays {
+        // Assigned overlay rules come before the base document's own overlay
+        // rules for the type, which come before the base rules.
+        let rules = compose_overlay_rules(name, &parse_policy(name, document)?)?;
+        let existing = set.overlays.remove(agent_type).unwrap_or_default();
+        set.overlays.insert(agent_type.clone(), rules.into_iter().chain(existing).collect());
+        inputs.push_str(&format!("|{agent_type}={id}:{version}"));
+    }
+    if !overlays.is_empty() {
+        // tyrd recompiles the pushed document: it must be the composed one.
+        yaml = to_yaml_verified(&set)?;
+    }
+    Ok(Composed { base_name, set, yaml, inputs })
+}
+
+/// Checks that every composition the assignments make — the fleet's and
+/// each daemon's with assignments of its own — composes and compiles for
+/// the kernel, so that a change that would leave daemons without a
+/// computable policy is refused before it commits.
+pub(crate) async fn check_compositions(conn: &mut PgConnection) -> Result<(), PolicyStoreError> {
+    let daemons: Vec<Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT daemon_id FROM policy_assignments WHERE daemon_id IS NOT NULL")
+            .fetch_all(&mut *conn)
+            .await?;
+    for daemon in std::iter::once(None).chain(daemons.into_iter().map(Some)) {
+        let composed = compose(&mut *conn, daemon).await?;
+        compile(&composed.set, 1)?;
+    }
+    Ok(())
 }
 
 /// Computes `daemon`'s effective policy, drawing a new version only when
@@ -167,14 +232,10 @@ pub async fn effective_for(pool: &PgPool, daemon: Uuid) -> Result<EffectivePolic
         .fetch_optional(pool)
         .await?;
     let mode = mode.ok_or(PolicyStoreError::NoSuchDaemon(daemon))?;
-    let base = assigned_base(pool, daemon).await?;
-    let (base_name, yaml, inputs) = match &base {
-        Some((id, name, version, yaml)) => (Some(name.clone()), yaml.clone(), format!("{id}:{version}")),
-        None => (None, NO_POLICY_YAML.to_owned(), "none".to_owned()),
-    };
+    let Composed { base_name, set, yaml, inputs } = compose(&mut *pool.acquire().await?, Some(daemon)).await?;
+    let mut set = set;
     let inputs_hash = hex::encode(Sha256::digest(format!("{inputs}|{mode}|layout {LAYOUT_VERSION}")));
 
-    let mut set = parse_policy(base_name.as_deref().unwrap_or("no-policy"), &yaml)?;
     if let Some(restriction) = restriction_of(&mode) {
         set = with_unregistered(&set, restriction)?;
     }
@@ -222,6 +283,21 @@ pub async fn effective_for(pool: &PgPool, daemon: Uuid) -> Result<EffectivePolic
     Ok(EffectivePolicy { version, policy_yaml: yaml, cedar_text, bpf_entries: compiled.to_bytes(), base_name })
 }
 
+/// The newest effective policy computed (and pushed) for `daemon`:
+/// (version, document, Cedar text, when it was computed).
+pub async fn latest_effective(
+    pool: &PgPool,
+    daemon: Uuid,
+) -> Result<Option<(i64, String, String, time::OffsetDateTime)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, policy_yaml, cedar_text, created_at FROM effective_policies
+          WHERE daemon_id = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(daemon)
+    .fetch_optional(pool)
+    .await
+}
+
 /// The Cedar text of each of the `count` newest versions pushed to `daemon`.
 pub async fn recent_cedar(pool: &PgPool, daemon: Uuid, count: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
     sqlx::query_as(
@@ -247,12 +323,6 @@ mod tests {
 
     #[test]
     fn names_and_modes() {
-        assert!(valid_name("base"));
-        assert!(valid_name("fleet-base.v2"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("-x"));
-        assert!(!valid_name("a b"));
-        assert!(!valid_name(&"a".repeat(129)));
         assert_eq!(restriction_of("deny"), Some(Restriction::Deny));
         assert_eq!(restriction_of("audit"), None);
     }

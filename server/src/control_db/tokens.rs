@@ -6,18 +6,12 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// Argon2id memory cost in KiB (OWASP's recommended minimum).
-const ARGON2_M_COST: u32 = 19_456;
-/// Argon2id iterations.
-const ARGON2_T_COST: u32 = 2;
-/// Argon2id parallelism.
-const ARGON2_P_COST: u32 = 1;
+use super::audit::{self, Actor, Change};
+
 /// Random bytes in a token secret.
 const SECRET_BYTES: usize = 32;
 /// Longest token text looked at; anything longer is refused unparsed.
@@ -27,8 +21,8 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 /// Longest lifetime a token may be given.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-const INSERT_TOKEN: &str = "INSERT INTO enrollment_tokens (id, secret_hash, description, expires_at, max_uses) \
-     VALUES ($1, $2, $3, now() + $4 * interval '1 second', $5) RETURNING expires_at";
+const INSERT_TOKEN: &str = "INSERT INTO enrollment_tokens (id, secret_hash, description, expires_at, max_uses, created_by) \
+     VALUES ($1, $2, $3, now() + $4 * interval '1 second', $5, $6) RETURNING expires_at";
 const LIST_TOKENS: &str = "SELECT id, description, created_at, expires_at, max_uses, uses, \
          CASE WHEN uses >= max_uses THEN 'exhausted' WHEN expires_at <= now() THEN 'expired' ELSE 'active' END \
          AS state \
@@ -122,18 +116,10 @@ struct TokenRow {
     state: String,
 }
 
-fn hasher() -> Result<Argon2<'static>, TokenError> {
-    let params =
-        Params::new(ARGON2_M_COST, ARGON2_T_COST, ARGON2_P_COST, None).map_err(|e| TokenError::Hash(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
-}
-
-/// argon2id PHC string of `secret` with a fresh random salt.
+/// argon2id PHC string of `secret` with a fresh random salt (the
+/// parameters of operators' passwords: one definition, in `auth::password`).
 fn hash_secret(secret: &str) -> Result<String, TokenError> {
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| TokenError::Hash(e.to_string()))?;
-    let hash = hasher()?.hash_password(secret.as_bytes(), &salt).map_err(|e| TokenError::Hash(e.to_string()))?;
-    Ok(hash.to_string())
+    crate::auth::password::hash_blocking(secret.as_bytes()).map_err(|e| TokenError::Hash(e.to_string()))
 }
 
 /// A hash of a secret nobody knows, verified against when a token id is
@@ -141,10 +127,7 @@ fn hash_secret(secret: &str) -> Result<String, TokenError> {
 static DECOY_HASH: LazyLock<Option<String>> = LazyLock::new(|| hash_secret(&hex::encode([0u8; SECRET_BYTES])).ok());
 
 fn secret_matches(secret: &str, phc: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(phc) else {
-        return false;
-    };
-    hasher().is_ok_and(|argon| argon.verify_password(secret.as_bytes(), &parsed).is_ok())
+    crate::auth::password::verify_blocking(secret.as_bytes(), phc).unwrap_or(false)
 }
 
 /// Splits `<id>.<secret>`; `None` for anything that is not a token.
@@ -161,6 +144,7 @@ fn parse_token(text: &str) -> Option<(Uuid, String)> {
 /// Creates a token valid for `expires_in` and `max_uses` enrollments.
 pub async fn create(
     pool: &PgPool,
+    actor: &Actor,
     expires_in: Duration,
     max_uses: u32,
     description: &str,
@@ -182,14 +166,24 @@ pub async fn create(
         tokio::task::spawn_blocking(move || hash_secret(&secret)).await??
     };
     let seconds = i64::try_from(expires_in.as_secs()).unwrap_or(i64::MAX);
+    let mut tx = pool.begin().await?;
     let expires_at: OffsetDateTime = sqlx::query_scalar(INSERT_TOKEN)
         .bind(id)
         .bind(&hash)
         .bind(description)
         .bind(seconds)
         .bind(max_uses_db)
-        .fetch_one(pool)
+        .bind(actor.user_id)
+        .fetch_one(&mut *tx)
         .await?;
+    let after = serde_json::json!({ "description": description, "max_uses": max_uses, "expires_at": expires_at.unix_timestamp() });
+    audit::record(
+        &mut tx,
+        actor,
+        &Change { action: "token.create", target: format!("token:{id}"), before: None, after: Some(after) },
+    )
+    .await?;
+    tx.commit().await?;
     tracing::info!(token_id = %id, max_uses, %expires_at, "enrollment token created");
     Ok(CreatedToken { id, token: format!("{id}.{secret}"), expires_at, max_uses })
 }
@@ -217,12 +211,26 @@ pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, TokenError> {
 
 /// Deletes a token; `false` when there was none with this id. Daemons that
 /// enrolled with it stay enrolled.
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, TokenError> {
-    let deleted = sqlx::query("DELETE FROM enrollment_tokens WHERE id = $1").bind(id).execute(pool).await?;
-    if deleted.rows_affected() > 0 {
-        tracing::info!(token_id = %id, "enrollment token deleted");
-    }
-    Ok(deleted.rows_affected() > 0)
+pub async fn delete(pool: &PgPool, actor: &Actor, id: Uuid) -> Result<bool, TokenError> {
+    let mut tx = pool.begin().await?;
+    let deleted: Option<(String, i32, i32)> =
+        sqlx::query_as("DELETE FROM enrollment_tokens WHERE id = $1 RETURNING description, max_uses, uses")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((description, max_uses, uses)) = deleted else {
+        return Ok(false);
+    };
+    let before = serde_json::json!({ "description": description, "max_uses": max_uses, "uses": uses });
+    audit::record(
+        &mut tx,
+        actor,
+        &Change { action: "token.delete", target: format!("token:{id}"), before: Some(before), after: None },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(token_id = %id, "enrollment token deleted");
+    Ok(true)
 }
 
 /// Checks a token's secret against its stored hash (argon2id, off the async

@@ -12,11 +12,11 @@
 //!   or that Cedar cannot evaluate is *not evaluable*: `server_verdict` is
 //!   UNSPECIFIED and its verdict is not compared. The version check below
 //!   still applies: it needs no request.
-//! - Version 0 means the kernel decided nothing (no policy loaded yet, or a
-//!   hook that cannot enforce). It is never a stale version (pushed versions
-//!   start at 1), but the verdicts are still compared: an operation the
-//!   assigned policy refuses that went through with no decision and no
-//!   `enforced=false` report means the host was not running that policy.
+//! - Version 0 means the kernel decided nothing: no policy was in force yet
+//!   (tyrd captures from its start, before its first policy arrives). Such
+//!   an event is unenforced — counted apart, never drift — and its server
+//!   verdict is still the assigned policy's. Comparing it would call every
+//!   host's start-up drift, judged by a policy assigned after the event.
 //! - With no version pushed yet (`sent_versions` empty) no version is stale.
 //! - An event decided under an earlier version the server did send is
 //!   judged by that version's policy (see [`DriftContext::earlier`]).
@@ -159,7 +159,7 @@ fn strictness(verdict: Verdict) -> u8 {
 
 /// The server's verdict on `event` and whether it reveals drift.
 pub fn evaluate(ctx: &DriftContext, event: &Event) -> DriftOutcome {
-    let unenforced = event.metadata.get(ENFORCED_KEY).is_some_and(|v| v == "false");
+    let unenforced = event.policy_version == 0 || event.metadata.get(ENFORCED_KEY).is_some_and(|v| v == "false");
     let (server_verdict, not_evaluable) = match request_of(event) {
         Governed::No => {
             return DriftOutcome {

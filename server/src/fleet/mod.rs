@@ -1,10 +1,11 @@
 //! Connected daemons: one live session per daemon, closed when the daemon is
-//! revoked, and told when its effective policy may have changed.
+//! revoked, and told when its effective policy or its discovered agents'
+//! overrides may have changed.
 //!
-//! Revocations and policy changes are announced through PostgreSQL
-//! LISTEN/NOTIFY, so a `tyr-server daemon delete` or `policy set` run as a
-//! separate process — or on another replica — reaches the session holding
-//! the stream within moments. Sessions also re-check their daemon row
+//! Revocations, policy changes and agent overrides are announced through
+//! PostgreSQL LISTEN/NOTIFY, so a `tyr-server daemon delete`, `policy set`
+//! or `discovered reclassify` run as a separate process — or on another
+//! replica — reaches the session holding the stream within moments. Sessions also re-check their daemon row
 //! periodically, in case a notification was missed while the listening
 //! connection was down.
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::control_db::daemons::DAEMON_REVOKED_CHANNEL;
+use crate::control_db::discovered::AGENTS_CHANGED_CHANNEL;
 use crate::control_db::policies::POLICY_CHANGED_CHANNEL;
 
 /// Pause before listening again after the listening connection failed.
@@ -43,6 +45,8 @@ pub struct SessionSlot {
     pub ended: CancellationToken,
     /// Bumped whenever the daemon's effective policy may have changed.
     pub policy_changed: watch::Receiver<u64>,
+    /// Bumped whenever the daemon's agent overrides may have changed.
+    pub agents_changed: watch::Receiver<u64>,
     fleet: Fleet,
 }
 
@@ -73,6 +77,7 @@ struct LiveSession {
     number: u64,
     ended: CancellationToken,
     policy_changed: watch::Sender<u64>,
+    agents_changed: watch::Sender<u64>,
     reason: Option<EndReason>,
 }
 
@@ -99,13 +104,21 @@ impl Fleet {
         let number = self.inner.next_number.fetch_add(1, Ordering::Relaxed);
         let ended = CancellationToken::new();
         let (policy_changed, receiver) = watch::channel(0);
-        let live = LiveSession { number, ended: ended.clone(), policy_changed, reason: None };
+        let (agents_changed, agents_receiver) = watch::channel(0);
+        let live = LiveSession { number, ended: ended.clone(), policy_changed, agents_changed, reason: None };
         if let Ok(mut sessions) = self.inner.sessions.lock()
             && let Some(old) = sessions.insert(daemon, live)
         {
             old.ended.cancel();
         }
-        SessionSlot { daemon, number, ended, policy_changed: receiver, fleet: self.clone() }
+        SessionSlot {
+            daemon,
+            number,
+            ended,
+            policy_changed: receiver,
+            agents_changed: agents_receiver,
+            fleet: self.clone(),
+        }
     }
 
     /// Ends the live session of `daemon`, if any.
@@ -125,6 +138,18 @@ impl Fleet {
             for (id, live) in sessions.iter() {
                 if daemon.is_none_or(|d| d == *id) {
                     live.policy_changed.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+
+    /// Tells the session of `daemon` (every session when None) to send its
+    /// agent overrides again if they changed.
+    pub fn agents_changed(&self, daemon: Option<Uuid>) {
+        if let Ok(sessions) = self.inner.sessions.lock() {
+            for (id, live) in sessions.iter() {
+                if daemon.is_none_or(|d| d == *id) {
+                    live.agents_changed.send_modify(|n| *n += 1);
                 }
             }
         }
@@ -158,6 +183,7 @@ impl Fleet {
                     tracing::warn!(%error, "listening for fleet notifications failed; listening again");
                     // Anything may have changed while nobody listened.
                     self.policy_changed(None);
+                    self.agents_changed(None);
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(RELISTEN_DELAY) => {}
@@ -169,7 +195,7 @@ impl Fleet {
 
     async fn listen(&self, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen_all([DAEMON_REVOKED_CHANNEL, POLICY_CHANGED_CHANNEL]).await?;
+        listener.listen_all([DAEMON_REVOKED_CHANNEL, POLICY_CHANGED_CHANNEL, AGENTS_CHANGED_CHANNEL]).await?;
         loop {
             let notification = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -181,6 +207,10 @@ impl Fleet {
                 DAEMON_REVOKED_CHANNEL => match Uuid::parse_str(payload) {
                     Ok(daemon) => self.revoke(daemon),
                     Err(_) => tracing::warn!(payload, "ignoring a revocation without a daemon id"),
+                },
+                AGENTS_CHANGED_CHANNEL => match Uuid::parse_str(payload) {
+                    Ok(daemon) => self.agents_changed(Some(daemon)),
+                    Err(_) => self.agents_changed(None),
                 },
                 _ => self.policy_changed(Uuid::parse_str(payload).ok()),
             }
@@ -227,5 +257,8 @@ mod tests {
         fleet.policy_changed(None);
         assert_eq!(*sa.policy_changed.borrow(), 2);
         assert_eq!(*sb.policy_changed.borrow(), 1);
+        assert_eq!(*sa.agents_changed.borrow(), 0, "policy changes are not override changes");
+        fleet.agents_changed(Some(b));
+        assert_eq!((*sa.agents_changed.borrow(), *sb.agents_changed.borrow()), (0, 1));
     }
 }

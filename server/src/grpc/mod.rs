@@ -1,6 +1,7 @@
 //! AgentService over gRPC: Register (enrollment token, plain TLS) and the
 //! Stream session (mutual TLS: the client certificate names the daemon).
 
+pub mod discovered;
 pub mod register;
 pub mod stream;
 

@@ -10,6 +10,8 @@
 //! EventBatch ─► validate ─► drift pool ─► (in order) ingest queue ─► ClickHouse commit ─► BatchAck
 //! Heartbeat  ─► daemons row (last seen, policy version, drops, spool depth)
 //! policy change (NOTIFY) ─► re-derive the effective policy ─► PolicyPush when its version moved
+//! DiscoveredAgentReport ─► rate limit ─► report writer ─► discovered_agents row
+//! override change (NOTIFY) ─► AgentOverrides (the daemon's whole set) when it changed
 //! ```
 //!
 //! Batches are evaluated concurrently but enter the ingest queue in the
@@ -22,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +41,7 @@ use tyr_proto::{
 use uuid::Uuid;
 
 use super::ServerStream;
+use super::discovered::AgentSync;
 use crate::control_db::daemons::{self, HeartbeatRecord};
 use crate::control_db::policies::{self, EffectivePolicy};
 use crate::drift::{DriftContext, DriftPolicy, DriftPool, EvaluatedBatch, PolicyCache};
@@ -47,6 +50,7 @@ use crate::event_store::EventStore;
 use crate::fleet::{EndReason, Fleet, SessionSlot};
 use crate::identity;
 use crate::ingest::{BatchLimits, Ingest, IngestError, validate_batch};
+use crate::metrics::Metrics;
 
 /// Settings pushed to daemons in ConfigUpdate and used by sessions.
 #[derive(Debug, Clone)]
@@ -108,6 +112,11 @@ pub struct StreamStats {
     pub heartbeats: AtomicU64,
     /// PostgreSQL writes or reads of a session that failed (the session went on).
     pub control_db_failures: AtomicU64,
+    /// Policy changes whose effective policy could not be computed or sent
+    /// to a connected daemon (the policy in force stayed; the next change retries).
+    pub policy_failures: AtomicU64,
+    /// Discovered-agent reports and override messages.
+    pub discovered: super::discovered::ReportStats,
 }
 
 /// What every session shares.
@@ -133,6 +142,8 @@ pub struct StreamContext {
     pub shutdown: CancellationToken,
     /// Counters.
     pub stats: StreamStats,
+    /// Latencies and what else `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Maps the peer certificate to a daemon and starts its session.
@@ -198,6 +209,8 @@ struct Session {
 struct InFlight {
     batch_id: u64,
     evaluated: oneshot::Receiver<EvaluatedBatch>,
+    /// When it was read off the stream (ack latency).
+    received: Instant,
 }
 
 impl Session {
@@ -222,13 +235,15 @@ impl Session {
             }
         };
         self.send(Outbound::Config(self.config_update(stored_seq))).await?;
+        let mut agents = AgentSync::start(&self.ctx, self.daemon);
+        self.sync_overrides(&mut agents).await?;
 
         // Evaluated batches go to ingest in order (forwarder); acks go back in order (acker).
         let (forward, forward_rx) = mpsc::channel::<InFlight>(self.ctx.settings.in_flight_batches);
         let (acks, acks_rx) = mpsc::channel(self.ctx.settings.in_flight_batches);
         let mut pipeline = JoinSet::new();
         pipeline.spawn(forward_in_order(Arc::clone(&self.ctx), self.daemon, forward_rx, acks));
-        pipeline.spawn(acknowledge_in_order(acks_rx, self.outbound.clone()));
+        pipeline.spawn(acknowledge_in_order(acks_rx, self.outbound.clone(), Arc::clone(&self.ctx.metrics)));
 
         let mut recheck = tokio::time::interval(self.ctx.settings.recheck_interval);
         recheck.tick().await;
@@ -236,6 +251,8 @@ impl Session {
         ping.tick().await;
         let mut nonce = 0u64;
         let mut last_seq = 0u64;
+        // A policy change pushed and not yet reported applied: (version, pushed at).
+        let mut applying: Option<(i64, Instant)> = None;
         loop {
             tokio::select! {
                 biased;
@@ -256,7 +273,25 @@ impl Session {
                 }
                 changed = self.slot.policy_changed.changed() => {
                     if changed.is_ok() {
-                        (policy, drift) = self.push_policy(Some((policy, drift))).await?;
+                        let before = policy.version;
+                        // A change that cannot be computed (or sent) must not cut the
+                        // daemon off: the policy in force stays, and it is counted.
+                        match self.push_policy(Some((policy.clone(), drift.clone()))).await {
+                            Ok(next) => (policy, drift) = next,
+                            Err(status) => {
+                                self.ctx.stats.policy_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(daemon = %self.daemon, error = status.message(),
+                                    "the changed effective policy cannot be pushed; the one in force stays");
+                            }
+                        }
+                        if policy.version != before {
+                            applying = Some((policy.version, Instant::now()));
+                        }
+                    }
+                }
+                changed = self.slot.agents_changed.changed() => {
+                    if changed.is_ok() {
+                        self.sync_overrides(&mut agents).await?;
                     }
                 }
                 _ = ping.tick() => {
@@ -264,7 +299,8 @@ impl Session {
                     self.send(Outbound::Ping(PingRequest { nonce })).await?;
                 }
                 _ = recheck.tick() => match daemon_exists(&self.ctx.pool, self.daemon).await {
-                    Ok(true) => {}
+                    // Also catches an override notice missed while nobody listened.
+                    Ok(true) => self.sync_overrides(&mut agents).await?,
                     Ok(false) => self.ctx.fleet.revoke(self.daemon),
                     // A PostgreSQL blip must not drop every stream of the fleet at once.
                     Err(error) => self.control_db_unavailable("re-checking the daemon", &error),
@@ -295,8 +331,17 @@ impl Session {
                                 return Ok(());
                             }
                         }
-                        Some(Inbound::Heartbeat(heartbeat)) => self.record_heartbeat(&heartbeat).await,
+                        Some(Inbound::Heartbeat(heartbeat)) => {
+                            if let Some((version, pushed)) = applying
+                                && heartbeat.policy_version >= version
+                            {
+                                self.ctx.metrics.observe_policy_apply(pushed.elapsed());
+                                applying = None;
+                            }
+                            self.record_heartbeat(&heartbeat).await;
+                        }
                         Some(Inbound::Capabilities(report)) => self.store_capabilities(&report).await,
+                        Some(Inbound::Discovered(report)) => agents.report(&self.ctx.stats.discovered, &report),
                         Some(Inbound::Pong(pong)) if pong.nonce != nonce => {
                             tracing::debug!(daemon = %self.daemon, nonce = pong.nonce, "pong for an older ping");
                         }
@@ -322,6 +367,7 @@ impl Session {
     fn accept_batch(&self, batch: EventBatch, last_seq: &mut u64, drift: &DriftContext) -> Result<InFlight, Status> {
         if let Err(rejection) = validate_batch(&batch, &self.ctx.limits) {
             self.ctx.stats.protocol_violations.fetch_add(1, Ordering::Relaxed);
+            self.ctx.metrics.count_rejected_events(batch.events.len());
             tracing::warn!(daemon = %self.daemon, %rejection, "rejected an event batch");
             return Err(Status::invalid_argument(rejection.to_string()));
         }
@@ -334,7 +380,12 @@ impl Session {
         }
         *last_seq = batch.events.last().map_or(*last_seq, |e| e.seq);
         self.ctx.stats.batches_received.fetch_add(1, Ordering::Relaxed);
-        Ok(InFlight { batch_id: batch.batch_id, evaluated: self.ctx.drift.submit(drift.clone(), batch.events) })
+        let received = Instant::now();
+        Ok(InFlight {
+            batch_id: batch.batch_id,
+            evaluated: self.ctx.drift.submit(drift.clone(), batch.events),
+            received,
+        })
     }
 
     /// Re-derives the effective policy; pushes it when its version moved,
@@ -388,6 +439,29 @@ impl Session {
         self.ctx.stats.policy_pushes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(daemon = %self.daemon, version = effective.version, "policy pushed");
         Ok((effective, drift))
+    }
+
+    /// Sends the daemon's agent overrides when they changed since this
+    /// stream last sent them; a PostgreSQL failure is counted and retried
+    /// at the next notice or re-check.
+    async fn sync_overrides(&self, agents: &mut AgentSync) -> Result<(), Status> {
+        match agents.changed_overrides(&self.ctx.pool).await {
+            Ok(Some(overrides)) => {
+                let count = overrides.overrides.len();
+                if let Err(status) = self.send(Outbound::Overrides(overrides)).await {
+                    agents.unsent();
+                    return Err(status);
+                }
+                self.ctx.stats.discovered.overrides_sent.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(daemon = %self.daemon, count, "agent overrides sent");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(error) => {
+                self.control_db_unavailable("reading agent overrides", &error);
+                Ok(())
+            }
+        }
     }
 
     fn config_update(&self, stored_seq: u64) -> ConfigUpdate {
@@ -476,18 +550,21 @@ fn capabilities_json(report: &CapabilityReport) -> serde_json::Value {
     })
 }
 
+/// A batch queued for ClickHouse: its id, the writer's answer, and when it was read.
+type PendingAck = (u64, oneshot::Receiver<Result<u64, IngestError>>, Instant);
+
 /// Takes evaluated batches in the order the daemon sent them and queues
 /// them for ClickHouse; waiting for queue space is the backpressure.
 async fn forward_in_order(
     ctx: Arc<StreamContext>,
     daemon: Uuid,
     mut batches: mpsc::Receiver<InFlight>,
-    acks: mpsc::Sender<(u64, oneshot::Receiver<Result<u64, IngestError>>)>,
+    acks: mpsc::Sender<PendingAck>,
 ) -> Result<(), Status> {
     while let Some(in_flight) = batches.recv().await {
         let evaluated = in_flight.evaluated.await.map_err(|_| Status::internal("internal error"))?;
         let stored = ctx.ingest.enqueue(daemon, evaluated).await.map_err(ingest_status)?;
-        if acks.send((in_flight.batch_id, stored)).await.is_err() {
+        if acks.send((in_flight.batch_id, stored, in_flight.received)).await.is_err() {
             break;
         }
     }
@@ -496,16 +573,18 @@ async fn forward_in_order(
 
 /// Sends each BatchAck once its events are committed, in order.
 async fn acknowledge_in_order(
-    mut stored: mpsc::Receiver<(u64, oneshot::Receiver<Result<u64, IngestError>>)>,
+    mut stored: mpsc::Receiver<PendingAck>,
     outbound: Outgoing,
+    metrics: Arc<Metrics>,
 ) -> Result<(), Status> {
-    while let Some((batch_id, committed)) = stored.recv().await {
+    while let Some((batch_id, committed, received)) = stored.recv().await {
         let acked_seq =
             committed.await.map_err(|_| Status::unavailable("server shutting down"))?.map_err(ingest_status)?;
         let ack = ServerMessage { payload: Some(Outbound::Ack(BatchAck { batch_id, acked_seq })) };
         if outbound.send(Ok(ack)).await.is_err() {
             break;
         }
+        metrics.observe_batch_ack(received.elapsed());
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::drift::EvaluatedBatch;
 use crate::event_store::EventStore;
 use crate::event_store::arrow_batch::RowError;
+use crate::metrics::Metrics;
 
 pub use validate::{BatchLimits, BatchRejection, RejectionReason, rejection_counts, validate_batch};
 
@@ -85,6 +86,10 @@ pub struct IngestStats {
     pub events_inserted: AtomicU64,
     /// Events dropped because ClickHouse already held their seq.
     pub duplicates_dropped: AtomicU64,
+    /// Events written with `drift_detected` set.
+    pub drift_events: AtomicU64,
+    /// Events written that the host reported as not enforced.
+    pub unenforced_events: AtomicU64,
     /// Sequence numbers never received (gaps), all daemons.
     pub gap_events: AtomicU64,
     /// INSERT statements committed.
@@ -137,6 +142,8 @@ struct Pending {
 struct Shared {
     /// Counters.
     stats: IngestStats,
+    /// Insert latency.
+    metrics: Arc<Metrics>,
     /// Places for buffered events: the backpressure.
     capacity: Arc<Semaphore>,
     /// Per-daemon sequence state, as of the last commit.
@@ -163,10 +170,23 @@ impl Ingest {
         config: IngestConfig,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
+        Self::start_with_metrics(store, pool, config, Arc::new(Metrics::new()), shutdown)
+    }
+
+    /// [`Ingest::start`], recording insert latency in `metrics` (the
+    /// server's; `start` gives the writer metrics nobody scrapes).
+    pub fn start_with_metrics(
+        store: EventStore,
+        pool: PgPool,
+        config: IngestConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
         let max_permits =
             u32::try_from(config.max_buffered_events.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
         let shared = Arc::new(Shared {
             stats: IngestStats::default(),
+            metrics,
             capacity: Arc::new(Semaphore::new(max_permits as usize)),
             seqs: Mutex::new(HashMap::new()),
         });

@@ -20,6 +20,10 @@ pub(super) struct Plan {
     pub row_count: usize,
     /// Events dropped because their seq is already stored.
     pub duplicates: u64,
+    /// Events in `rows` with `drift_detected`.
+    pub drift_events: u64,
+    /// Events in `rows` the host reported as not enforced.
+    pub unenforced_events: u64,
     /// Per daemon: sequence numbers found missing.
     pub gaps: HashMap<Uuid, u64>,
     /// Per daemon: the highest stored seq once `rows` are committed.
@@ -43,6 +47,7 @@ pub(super) fn plan(batches: &[(Uuid, &EvaluatedBatch)], stored: &HashMap<Uuid, u
     let mut after: HashMap<Uuid, u64> = HashMap::new();
     let mut gaps: HashMap<Uuid, u64> = HashMap::new();
     let mut duplicates = 0u64;
+    let (mut drift_events, mut unenforced_events) = (0u64, 0u64);
     for (index, (daemon_id, batch)) in batches.iter().enumerate() {
         let seq = after.entry(*daemon_id).or_insert_with(|| stored.get(daemon_id).copied().unwrap_or(0));
         for evaluated in &batch.events {
@@ -60,6 +65,8 @@ pub(super) fn plan(batches: &[(Uuid, &EvaluatedBatch)], stored: &HashMap<Uuid, u
             // The builder may hold part of this batch now: the caller drops
             // the batch and plans again from scratch.
             builder.push(row).map_err(|error| Unstorable { index, error })?;
+            drift_events += u64::from(evaluated.outcome.drift_detected);
+            unenforced_events += u64::from(evaluated.outcome.unenforced);
             let missing = event.seq - *seq - 1;
             if missing > 0 {
                 *gaps.entry(*daemon_id).or_default() += missing;
@@ -69,7 +76,7 @@ pub(super) fn plan(batches: &[(Uuid, &EvaluatedBatch)], stored: &HashMap<Uuid, u
     }
     let row_count = builder.len();
     let rows = (row_count > 0).then(|| builder.finish());
-    Ok(Plan { rows, row_count, duplicates, gaps, stored: after })
+    Ok(Plan { rows, row_count, duplicates, drift_events, unenforced_events, gaps, stored: after })
 }
 
 #[cfg(test)]
@@ -126,6 +133,18 @@ mod tests {
         let plan = plan(&[(a, &one)], &[(a, 3)].into()).expect("plans");
         assert!(plan.rows.is_none());
         assert_eq!(plan.stored[&a], 3);
+    }
+
+    #[test]
+    fn counts_drift_and_unenforced_among_stored_rows_only() {
+        let a = Uuid::now_v7();
+        let mut one = batch(1..=4);
+        // seq 1 is already stored: its drift is not counted again.
+        one.events[0].outcome.drift_detected = true;
+        one.events[1].outcome.drift_detected = true;
+        one.events[2].outcome.unenforced = true;
+        let plan = plan(&[(a, &one)], &[(a, 1)].into()).expect("plans");
+        assert_eq!((plan.row_count, plan.drift_events, plan.unenforced_events), (3, 1, 1));
     }
 
     #[test]

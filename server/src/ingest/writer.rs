@@ -183,7 +183,9 @@ impl Writer {
             }
         };
         if let Some(rows) = &plan.rows {
+            let started = Instant::now();
             self.store.insert_batches(std::slice::from_ref(rows)).await?;
+            self.shared.metrics.observe_clickhouse_insert(started.elapsed());
             self.shared.stats.inserts.fetch_add(1, Ordering::Relaxed);
         }
         self.commit(plan);
@@ -195,6 +197,8 @@ impl Writer {
         let stats = &self.shared.stats;
         stats.events_inserted.fetch_add(plan.row_count as u64, Ordering::Relaxed);
         stats.duplicates_dropped.fetch_add(plan.duplicates, Ordering::Relaxed);
+        stats.drift_events.fetch_add(plan.drift_events, Ordering::Relaxed);
+        stats.unenforced_events.fetch_add(plan.unenforced_events, Ordering::Relaxed);
         stats.gap_events.fetch_add(plan.gaps.values().sum(), Ordering::Relaxed);
         let mut deltas = HashMap::new();
         {

@@ -29,6 +29,10 @@ struct ServeArgs {
 pub struct TestServer {
     /// Where daemons connect.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (a new port after each restart).
+    pub metrics_addr: SocketAddr,
+    /// Where the REST API is served (a new port after each restart).
+    pub rest_addr: SocketAddr,
     /// The data directory (CA).
     pub data_dir: PathBuf,
     /// The scratch control database.
@@ -51,6 +55,10 @@ impl TestServer {
         let mut args = vec![
             "serve".to_owned(),
             "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--metrics-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--rest-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--database-url".to_owned(),
             db.url.clone(),
@@ -76,6 +84,8 @@ impl TestServer {
         .expect("event store");
         let mut server = Self {
             addr: "127.0.0.1:0".parse().expect("address"),
+            metrics_addr: "127.0.0.1:0".parse().expect("address"),
+            rest_addr: "127.0.0.1:0".parse().expect("address"),
             data_dir,
             pool,
             store,
@@ -95,6 +105,8 @@ impl TestServer {
         }
         let listeners = Listeners::bind(&config).await.expect("bind");
         self.addr = listeners.grpc.local_addr().expect("address");
+        self.metrics_addr = listeners.metrics.local_addr().expect("metrics address");
+        self.rest_addr = listeners.rest.local_addr().expect("REST address");
         self.shutdown = CancellationToken::new();
         let shutdown = self.shutdown.clone();
         self.task = Some(tokio::spawn(tyr_server::serve::run(config, listeners, shutdown)));
@@ -106,6 +118,12 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("server did not start");
+    }
+
+    /// Stops (drain) and starts again on the same databases and data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
     }
 
     /// Cancels and waits for a clean stop (drain).
@@ -123,10 +141,16 @@ impl TestServer {
 
     /// A token for `max_uses` enrollments.
     pub async fn token(&self, max_uses: u32) -> String {
-        tyr_server::control_db::tokens::create(&self.pool, Duration::from_secs(3600), max_uses, "test")
-            .await
-            .expect("token")
-            .token
+        tyr_server::control_db::tokens::create(
+            &self.pool,
+            &tyr_server::control_db::audit::Actor::local_admin(),
+            Duration::from_secs(3600),
+            max_uses,
+            "test",
+        )
+        .await
+        .expect("token")
+        .token
     }
 
     /// A TLS channel to the server; with a client identity when given.

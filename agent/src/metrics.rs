@@ -1,0 +1,367 @@
+//! tyrd's Prometheus metrics on `GET /metrics` (`--metrics-addr`,
+//! `metrics_addr` in tyrd.toml, `TYRD_METRICS_ADDR`; off by default).
+//!
+//! Nothing here counts anything: the capture loop's atomics
+//! ([`LiveCounters`]), the spool sink's and the spool's counters and the
+//! link's [`LinkStats`] are read when Prometheus scrapes, so the hot path
+//! pays nothing for metrics. Names end in their unit and counters in
+//! `_total`; per-kind families carry `kind` as `--kind` spells it
+//! (`file_read`, `net_connect`, ...).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture_loop::LiveCounters;
+use crate::client::session::LinkStats;
+use crate::sink::SpoolSinkCounters;
+use crate::spool::Spool;
+
+/// Errors of the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The metrics address could not be bound.
+    #[error("binding the metrics address {address}: {source}")]
+    Bind {
+        /// The address asked for.
+        address: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The listener failed while serving.
+    #[error("serving metrics: {0}")]
+    Serve(std::io::Error),
+    /// The counters could not be written as text.
+    #[error("encoding metrics: {0}")]
+    Encode(std::fmt::Error),
+}
+
+/// Exposition formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (what Prometheus asks for first).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (what `curl` gets).
+    PrometheusText,
+}
+
+impl Format {
+    /// The `Content-Type` of this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// The counters `tyrd run` keeps, as the daemon wires them.
+#[derive(Debug, Clone)]
+pub struct DaemonSources {
+    /// The capture loop's counters (seen, lost, policy version, ...).
+    pub capture: Arc<LiveCounters>,
+    /// The spool sink's counters (spooled, dropped, truncated).
+    pub sink: Arc<SpoolSinkCounters>,
+    /// The spool (depth, evictions).
+    pub spool: Spool,
+    /// The link to the server (streams, reconnects).
+    pub link: Arc<LinkStats>,
+    /// Policy pushes refused (malformed or not compilable here).
+    pub policy_refused: Arc<AtomicU64>,
+    /// Policy pushes whose kernel entries tyrd's compiler did not reproduce.
+    pub policy_skew: Arc<AtomicU64>,
+}
+
+/// tyrd's metrics registry.
+#[derive(Debug)]
+pub struct Metrics {
+    /// One collector over [`DaemonSources`].
+    registry: Registry,
+}
+
+impl Metrics {
+    /// A registry reading `sources` at every scrape.
+    pub fn new(sources: DaemonSources) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(sources));
+        Self { registry }
+    }
+
+    /// Every metric as text in `format`.
+    pub fn encode(&self, format: Format) -> Result<String, MetricsError> {
+        let mut text = String::with_capacity(8 * 1024);
+        match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &self.registry),
+            Format::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry),
+        }
+        .map_err(MetricsError::Encode)?;
+        Ok(text)
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn load_i64(counter: &AtomicI64) -> i64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Writes one counter family without labels.
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, &format!("{help}."), None, counter.metric_type())?)
+}
+
+/// Writes one gauge family without labels.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, &format!("{help}."), None, gauge.metric_type())?)
+}
+
+/// Writes one counter family with a `kind` label per entry.
+fn by_kind<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counts: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, &format!("{help}."), None, MetricType::Counter)?;
+    for (kind, count) in counts {
+        let labels = [("kind", kind.to_ascii_lowercase())];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DaemonSources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        let capture = self.capture.snapshot();
+        by_kind(e, "tyrd_events_seen", "Kernel records decoded, by kind (before userspace filters)", capture.seen)?;
+        by_kind(e, "tyrd_events_lost", "Records the kernel could not emit (ring buffer full), by kind", capture.lost)?;
+        by_kind(
+            e,
+            "tyrd_events_undecided",
+            "Operations let through unchecked by policy (no kernel scratch space), by kind",
+            capture.undecided,
+        )?;
+        counter(e, "tyrd_undecodable_records", "Kernel records that did not decode", capture.decode_failed)?;
+        counter(
+            e,
+            "tyrd_delivered_events",
+            "Events the capture loop handed to the spool",
+            load(&self.capture.delivered),
+        )?;
+        counter(e, "tyrd_tls_unparsed_events", "TLS records whose ClientHello did not parse", capture.tls_unparsed)?;
+
+        let sink = &self.sink;
+        counter(e, "tyrd_spooled_events", "Events written to the disk spool", load(&sink.spooled_events))?;
+        counter(
+            e,
+            "tyrd_spool_write_failures",
+            "Spool writes that failed (each attempt)",
+            load(&sink.spool_write_failures),
+        )?;
+        counter(
+            e,
+            "tyrd_spool_dropped_events",
+            "Events dropped because the spool could not take their batch",
+            load(&sink.dropped_events),
+        )?;
+        counter(e, "tyrd_truncated_events", "Events cut to fit the wire's limits", load(&sink.events_truncated))?;
+
+        let spool = self.spool.stats();
+        gauge(
+            e,
+            "tyrd_spool_events",
+            "Events in the spool waiting for the server's acknowledgement",
+            clamp(spool.events),
+        )?;
+        gauge(e, "tyrd_spool_bytes", "Bytes of spooled batches waiting for acknowledgement", clamp(spool.bytes))?;
+        gauge(e, "tyrd_spool_batches", "Batches in the spool waiting for acknowledgement", clamp(spool.batches))?;
+        counter(
+            e,
+            "tyrd_spool_evicted_events",
+            "Unacknowledged events evicted to keep the spool under its bound (since start)",
+            spool.evicted_events,
+        )?;
+        counter(
+            e,
+            "tyrd_spool_evicted_batches",
+            "Unacknowledged batches evicted to keep the spool under its bound (since start)",
+            spool.evicted_batches,
+        )?;
+        counter(e, "tyrd_spool_torn_events", "Events in damaged spool files dropped (since start)", spool.torn_events)?;
+        counter(
+            e,
+            "tyrd_spool_rejected_events",
+            "Events in batches the server refused, set aside (since start)",
+            spool.rejected_events,
+        )?;
+
+        let link = &self.link;
+        gauge(e, "tyrd_connected_streams", "Streams open to tyr-server (0 or 1)", clamp(load(&link.connected)))?;
+        counter(e, "tyrd_streams_opened", "Streams opened with tyr-server", load(&link.streams_opened))?;
+        counter(
+            e,
+            "tyrd_reconnects",
+            "Connection attempts after a stream ended or a connection failed",
+            load(&link.reconnects),
+        )?;
+
+        gauge(
+            e,
+            "tyrd_applied_policy_version",
+            "Version of the policy installed in the kernel (0: none yet)",
+            load_i64(&self.capture.applied_policy_version),
+        )?;
+        counter(
+            e,
+            "tyrd_policy_install_failures",
+            "Policy updates that could not be installed (the previous policy stayed)",
+            load(&self.capture.policy_install_failures),
+        )?;
+        counter(
+            e,
+            "tyrd_refused_policy_pushes",
+            "Policy pushes refused as malformed or not compilable here",
+            load(&self.policy_refused),
+        )?;
+        counter(
+            e,
+            "tyrd_skewed_policy_pushes",
+            "Policy pushes whose kernel entries tyrd's compiler did not reproduce",
+            load(&self.policy_skew),
+        )?;
+        gauge(
+            e,
+            "tyrd_discovered_agents",
+            "AI agents discovered on this host",
+            clamp(capture.agents_discovered as u64),
+        )?;
+        counter(
+            e,
+            "tyrd_agent_map_failures",
+            "Failed writes to the kernel's pid to agent map",
+            capture.agent_map_failures,
+        )?;
+        Ok(())
+    }
+}
+
+/// Binds the metrics address (before anything else starts, so that a
+/// taken port fails the start rather than going unnoticed).
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(address).await.map_err(|source| MetricsError::Bind { address, source })
+}
+
+/// Binds `address` and serves `sources` there from a task until `stop`.
+pub async fn spawn(address: SocketAddr, sources: DaemonSources, stop: CancellationToken) -> Result<(), MetricsError> {
+    let listener = bind(address).await?;
+    let metrics = Arc::new(Metrics::new(sources));
+    tokio::spawn(async move {
+        if let Err(error) = serve(listener, metrics, stop).await {
+            tracing::error!(%error, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `listener` (404 elsewhere) until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), MetricsError> {
+    let address = listener.local_addr().ok();
+    tracing::info!(metrics = ?address, "serving metrics");
+    let router = Router::new().route("/metrics", get(scrape)).fallback(not_found).with_state(metrics);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(MetricsError::Serve)
+}
+
+/// OpenMetrics when the `Accept` header names it, the 0.0.4 text otherwise.
+fn negotiate(headers: &HeaderMap) -> Format {
+    let openmetrics = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    if openmetrics { Format::OpenMetrics } else { Format::PrometheusText }
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Response {
+    let format = negotiate(&headers);
+    match metrics.encode(format) {
+        Ok(text) => ([(CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_counters_at_scrape_time() {
+        let dir = std::env::temp_dir().join(format!("tyrd-metrics-{}", uuid::Uuid::new_v4().simple()));
+        let spool = Spool::open(&dir, 1 << 20).expect("spool");
+        let sources = DaemonSources {
+            capture: Arc::default(),
+            sink: Arc::default(),
+            spool,
+            link: Arc::default(),
+            policy_refused: Arc::default(),
+            policy_skew: Arc::default(),
+        };
+        let metrics = Metrics::new(sources.clone());
+        let text = metrics.encode(Format::PrometheusText).expect("encodes");
+        assert!(text.contains("tyrd_events_seen_total{kind=\"file_read\"} 0\n"), "{text}");
+        assert!(text.contains("tyrd_connected_streams 0\n"), "{text}");
+
+        sources.capture.applied_policy_version.store(42, Ordering::Relaxed);
+        sources.link.reconnects.fetch_add(3, Ordering::Relaxed);
+        sources.sink.events_truncated.fetch_add(2, Ordering::Relaxed);
+        let text = metrics.encode(Format::PrometheusText).expect("encodes");
+        assert!(text.contains("tyrd_applied_policy_version 42\n"), "{text}");
+        assert!(text.contains("tyrd_reconnects_total 3\n"), "{text}");
+        assert!(text.contains("tyrd_truncated_events_total 2\n"), "{text}");
+        let open = metrics.encode(Format::OpenMetrics).expect("encodes");
+        assert!(open.contains("# TYPE tyrd_reconnects counter\n") && open.ends_with("# EOF\n"), "{open}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn negotiates_the_format_from_accept() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(negotiate(&headers), Format::PrometheusText);
+        headers.insert(ACCEPT, axum::http::HeaderValue::from_static("application/openmetrics-text;version=1.0.0"));
+        assert_eq!(negotiate(&headers), Format::OpenMetrics);
+    }
+}
