@@ -12,17 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +22,9 @@ use crate::capture_loop::LiveCounters;
 use crate::client::session::LinkStats;
 use crate::sink::SpoolSinkCounters;
 use crate::spool::Spool;
+
+pub use tyr_common::exposition::Format;
+use tyr_common::exposition::{self, Scrape, counter, gauge, labelled_counters};
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -49,25 +43,6 @@ pub enum MetricsError {
     /// The counters could not be written as text.
     #[error("encoding metrics: {0}")]
     Encode(std::fmt::Error),
-}
-
-/// Exposition formats `/metrics` answers in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// OpenMetrics 1.0 text (what Prometheus asks for first).
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4 (what `curl` gets).
-    PrometheusText,
-}
-
-impl Format {
-    /// The `Content-Type` of this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Format::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        }
-    }
 }
 
 /// The counters `tyrd run` keeps, as the daemon wires them.
@@ -104,13 +79,7 @@ impl Metrics {
 
     /// Every metric as text in `format`.
     pub fn encode(&self, format: Format) -> Result<String, MetricsError> {
-        let mut text = String::with_capacity(8 * 1024);
-        match format {
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &self.registry),
-            Format::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry),
-        }
-        .map_err(MetricsError::Encode)?;
-        Ok(text)
+        exposition::encode(&self.registry, format).map_err(MetricsError::Encode)
     }
 }
 
@@ -126,31 +95,22 @@ fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Writes one counter family without labels.
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    let counter = ConstCounter::new(value);
-    counter.encode(encoder.encode_descriptor(name, &format!("{help}."), None, counter.metric_type())?)
-}
-
-/// Writes one gauge family without labels.
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
-    let gauge = ConstGauge::new(value);
-    gauge.encode(encoder.encode_descriptor(name, &format!("{help}."), None, gauge.metric_type())?)
-}
-
-/// Writes one counter family with a `kind` label per entry.
+/// Writes one counter family with a `kind` label (lowercase, as `--kind`
+/// spells it) per entry.
 fn by_kind<'a>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     counts: impl IntoIterator<Item = (&'a str, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, &format!("{help}."), None, MetricType::Counter)?;
-    for (kind, count) in counts {
-        let labels = [("kind", kind.to_ascii_lowercase())];
-        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    let counts: Vec<(String, u64)> = counts.into_iter().map(|(kind, n)| (kind.to_ascii_lowercase(), n)).collect();
+    labelled_counters(encoder, name, help, "kind", counts.iter().map(|(kind, n)| (kind.as_str(), *n)))
+}
+
+impl Scrape for Metrics {
+    fn scrape(&self, format: Format) -> Result<String, std::fmt::Error> {
+        exposition::encode(&self.registry, format)
     }
-    Ok(())
 }
 
 impl Collector for DaemonSources {
@@ -293,35 +253,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), MetricsError> {
-    let address = listener.local_addr().ok();
-    tracing::info!(metrics = ?address, "serving metrics");
-    let router = Router::new().route("/metrics", get(scrape)).fallback(not_found).with_state(metrics);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(MetricsError::Serve)
-}
-
-/// OpenMetrics when the `Accept` header names it, the 0.0.4 text otherwise.
-fn negotiate(headers: &HeaderMap) -> Format {
-    let openmetrics = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .any(|value| value.contains("application/openmetrics-text"));
-    if openmetrics { Format::OpenMetrics } else { Format::PrometheusText }
-}
-
-async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Response {
-    let format = negotiate(&headers);
-    match metrics.encode(format) {
-        Ok(text) => ([(CONTENT_TYPE, format.content_type())], text).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "cannot encode metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
-        }
-    }
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n").into_response()
+    exposition::serve(listener, metrics, shutdown).await.map_err(MetricsError::Serve)
 }
 
 #[cfg(test)]
@@ -355,13 +287,5 @@ mod tests {
         let open = metrics.encode(Format::OpenMetrics).expect("encodes");
         assert!(open.contains("# TYPE tyrd_reconnects counter\n") && open.ends_with("# EOF\n"), "{open}");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn negotiates_the_format_from_accept() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(negotiate(&headers), Format::PrometheusText);
-        headers.insert(ACCEPT, axum::http::HeaderValue::from_static("application/openmetrics-text;version=1.0.0"));
-        assert_eq!(negotiate(&headers), Format::OpenMetrics);
     }
 }

@@ -4,8 +4,8 @@
 //! 127.0.0.167. A stand-in process with agent signals and no confident
 //! match (an LLM key in its environment) is discovered as an unregistered
 //! `unknown` agent and reported; its connects to 127.0.0.167 succeed. An
-//! operator reclassifies it as `aider` with `tyr-server discovered
-//! reclassify`: from then on a new connect from the SAME running process,
+//! operator reclassifies it as `aider` with `tyr discovered reclassify`
+//! (logged in over REST): from then on a new connect from the SAME running process,
 //! and from a child it forks afterwards, is refused in the kernel
 //! (ECONNREFUSED), and the DENY event in ClickHouse carries agent_type
 //! `aider` and the agent's id. Loopback only.
@@ -16,7 +16,12 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tyr_bench::fleet::{Daemon, Scratch, Server, Token, wait_until, work_dir, write_file};
+use tyr_bench::fleet::{Daemon, OperatorCli, Scratch, Server, Token, wait_until, work_dir, write_file};
+use tyr_server::auth::Role;
+use tyr_server::control_db::audit::Actor;
+use tyr_server::control_db::users;
+
+const OPERATOR_PASSWORD: &str = "operator password for reclassify";
 
 const POLICY: &str = "\
 name: reclassify
@@ -157,8 +162,19 @@ async fn a_reclassified_agent_is_governed_by_its_new_type() {
     let agent_id = agent["id"].as_str().expect("id").to_owned();
     assert_eq!(stand_in.connect("connect", target), 0, "still allowed before the reclassification");
 
-    let changed = server.cli_json(&["discovered", "reclassify", &agent_id, "--type", "aider"]);
-    assert_eq!(changed["effective_type"], "aider");
+    // The operator, through the `tyr` CLI over REST.
+    let pool = scratch.pool().await;
+    users::create(&pool, &Actor::local_admin(), "ops", OPERATOR_PASSWORD.to_owned(), Role::Admin)
+        .await
+        .expect("operator");
+    let cli = OperatorCli::new(&work.join("operator"));
+    let login = cli.run(
+        &["login", "--server", &server.rest_url(), "--ca-pin", &token.ca_pin, "--username", "ops"],
+        &format!("{OPERATOR_PASSWORD}\n"),
+    );
+    assert_eq!(login.status.code(), Some(0), "tyr login: {}", String::from_utf8_lossy(&login.stderr));
+    let changed = cli.json_lines(&["discovered", "reclassify", &agent_id, "--type", "aider"]);
+    assert_eq!(changed[0]["effective_type"], "aider", "{changed:?}");
     let audit: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'discovered.reclassify' AND target = $1")
             .bind(format!("discovered:{agent_id}"))

@@ -2,5 +2,8 @@
 //! must mean the same thing on every side of the wire.
 
 pub mod agents;
+#[cfg(feature = "exposition")]
+pub mod exposition;
+pub mod pin;
 pub mod policy;
 pub mod providers;

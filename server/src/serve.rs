@@ -83,6 +83,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TYR_BATCH_MAX_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=60_000))]
     pub batch_max_ms: u32,
+    /// Longest an event waits in the server before its ClickHouse insert, in
+    /// milliseconds (inserts are batched: fewer, larger parts).
+    #[arg(long, env = "TYR_INGEST_FLUSH_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub ingest_flush_ms: u64,
     /// Days a daemon's client certificate is valid.
     #[arg(long, env = "TYR_CLIENT_CERT_DAYS", default_value_t = 365,
           value_parser = clap::value_parser!(u32).range(1..=3650))]
@@ -152,7 +157,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: Cancellati
     let (ingest, writer) = Ingest::start_with_metrics(
         store.clone(),
         pool.clone(),
-        IngestConfig::default(),
+        IngestConfig { flush_interval: Duration::from_millis(config.ingest_flush_ms), ..IngestConfig::default() },
         Arc::clone(&metrics),
         writer_shutdown.clone(),
     );

@@ -400,3 +400,38 @@ async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
     assert_eq!(policies, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_logins_cannot_outrun_the_limit() {
+    let (mut server, _admin, _viewer) = with_operators().await;
+    let anonymous = std::sync::Arc::new(Rest::new(&server));
+    // 24 wrong guesses at once for one name: the limiter learns of each
+    // failure only after its password check, so without a bound on checks
+    // running at once all 24 would be tried.
+    let guesses: Vec<_> = (0..24)
+        .map(|i| {
+            let client = std::sync::Arc::clone(&anonymous);
+            tokio::spawn(async move {
+                client
+                    .post("/api/v1/login", json!({ "username": "victor", "password": format!("guess number {i}") }))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut tried = 0;
+    for guess in guesses {
+        match guess.await.expect("task") {
+            StatusCode::UNAUTHORIZED => tried += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // 5 failures lock the name; at most 4 checks were in flight when it
+    // locked. Guesses turned away while checks ran were never tried.
+    assert!((1..=9).contains(&tried), "{tried} passwords were tried");
+    let right = anonymous.post("/api/v1/login", json!({ "username": "victor", "password": VIEWER_PASSWORD })).await;
+    let locked = tried >= 5;
+    assert_eq!(right.status == StatusCode::TOO_MANY_REQUESTS, locked, "{tried} failures; then {}", right.status);
+    server.stop().await;
+}

@@ -7,23 +7,23 @@
 //! matches the pin, then verifies the leaf against that certificate as the
 //! only root, with the server's name. No other bytes are exchanged on that
 //! connection, so a wrong pin refuses before anything reaches the server.
+//! The pin format and the verifier are [`tyr_common::pin`]'s, shared with
+//! `tyr login --ca-pin`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use sha2::{Digest, Sha256};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+pub use tyr_common::pin::pin_of;
+use tyr_common::pin::{PinError, PinVerifier};
 
 use super::channel::ServerAddress;
-
-/// The message a pin mismatch is reported with.
-const PIN_MISMATCH: &str = "server CA does not match --ca-pin";
 
 /// Why the server's CA could not be established.
 #[derive(Debug, thiserror::Error)]
@@ -58,94 +58,14 @@ pub enum TrustError {
     Tls(#[from] rustls::Error),
 }
 
-/// Parses `sha256:<hex>` into the digest.
+/// Parses `sha256:<hex>` into the digest ([`tyr_common::pin::parse_pin`]).
 pub fn parse_pin(pin: &str) -> Result<[u8; 32], TrustError> {
-    let hex_digits = pin.trim().strip_prefix("sha256:").ok_or(TrustError::BadPin)?;
-    let bytes = hex::decode(hex_digits).map_err(|_| TrustError::BadPin)?;
-    bytes.try_into().map_err(|_| TrustError::BadPin)
-}
-
-/// The pin of a certificate: `sha256:` and the hex SHA-256 of its DER.
-pub fn pin_of(certificate_der: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(certificate_der)))
-}
-
-/// Does `pin` name this certificate? Its DER, or (as kubeadm pins) its
-/// SubjectPublicKeyInfo.
-fn matches_pin(certificate: &CertificateDer<'_>, pin: &[u8; 32]) -> bool {
-    if Sha256::digest(certificate.as_ref())[..] == pin[..] {
-        return true;
-    }
-    x509_parser::parse_x509_certificate(certificate.as_ref())
-        .is_ok_and(|(_, parsed)| Sha256::digest(parsed.public_key().raw)[..] == pin[..])
+    tyr_common::pin::parse_pin(pin).map_err(|PinError::BadPin| TrustError::BadPin)
 }
 
 /// The crypto provider tyrd uses (ring), whatever the process default is.
 pub fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
-}
-
-/// A verifier that trusts only the certificate of the presented chain
-/// matching a pin, and remembers it.
-#[derive(Debug)]
-struct PinVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-    /// The pinned CA, once a chain verified.
-    found: Mutex<Option<CertificateDer<'static>>>,
-    /// No presented certificate matched the pin.
-    mismatch: Mutex<bool>,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates.iter().find(|c| matches_pin(c, &self.pin)) else {
-            if let Ok(mut mismatch) = self.mismatch.lock() {
-                *mismatch = true;
-            }
-            return Err(rustls::Error::General(PIN_MISMATCH.to_owned()));
-        };
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let others: Vec<CertificateDer<'_>> = intermediates.iter().filter(|c| *c != ca).cloned().collect();
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&self.provider))
-            .build()
-            .map_err(|error| rustls::Error::General(error.to_string()))?;
-        let verified = webpki.verify_server_cert(end_entity, &others, server_name, ocsp_response, now)?;
-        if let Ok(mut found) = self.found.lock() {
-            *found = Some(ca.clone().into_owned());
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Makes one TLS handshake with `server` under `verifier`, then closes.
@@ -188,15 +108,13 @@ pub async fn fetch_pinned_ca(
     pin: &str,
     timeout: Duration,
 ) -> Result<CertificateDer<'static>, TrustError> {
-    let pin = parse_pin(pin)?;
-    let verifier =
-        Arc::new(PinVerifier { pin, provider: provider(), found: Mutex::new(None), mismatch: Mutex::new(false) });
+    let verifier = Arc::new(PinVerifier::new(parse_pin(pin)?, provider()));
     let outcome = handshake(server, Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>, timeout).await;
-    if verifier.mismatch.lock().map(|m| *m).unwrap_or(false) {
+    if verifier.mismatch_seen() {
         return Err(TrustError::PinMismatch);
     }
     outcome?;
-    verifier.found.lock().ok().and_then(|found| found.clone()).ok_or_else(|| TrustError::Connect {
+    verifier.found().ok_or_else(|| TrustError::Connect {
         server: server.uri.clone(),
         message: "the handshake did not present a certificate chain".to_owned(),
     })
@@ -234,12 +152,14 @@ pub fn certificates_in_pem(pem: &[u8]) -> Vec<CertificateDer<'static>> {
 mod tests {
     use super::*;
 
+    /// The pin checks themselves are tested in `tyr_common::pin`; here, that
+    /// a bad pin is tyrd's [`TrustError::BadPin`].
     #[test]
-    fn pins_parse_and_round_trip() {
+    fn a_bad_pin_is_a_trust_error() {
         let pin = pin_of(b"not really a certificate");
-        assert_eq!(parse_pin(&pin).map(hex::encode).ok(), pin.strip_prefix("sha256:").map(str::to_owned));
-        assert!(parse_pin("sha256:abcd").is_err());
-        assert!(parse_pin("md5:00").is_err());
-        assert!(parse_pin(&pin.replace("sha256:", "")).is_err());
+        assert!(parse_pin(&pin).is_ok());
+        for bad in ["sha256:abcd", "md5:00", &pin.replace("sha256:", "")] {
+            assert!(matches!(parse_pin(bad), Err(TrustError::BadPin)), "{bad}");
+        }
     }
 }

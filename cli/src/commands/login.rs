@@ -8,7 +8,7 @@ use super::{CommandError, Context, Outcome};
 use crate::args::LoginArgs;
 use crate::client::{Client, Trust};
 use crate::config::{SavedServer, Session};
-use crate::trust::PinVerifier;
+use crate::trust::PinnedLogin;
 
 /// Longest password line read from stdin.
 const MAX_PASSWORD_BYTES: u64 = 1024;
@@ -33,7 +33,7 @@ pub async fn login(ctx: &mut Context, args: LoginArgs) -> Result<Outcome, Comman
     // Which CA the server is, before any credential is sent.
     let (client, ca_pem) = match &args.ca_pin {
         Some(pin) => {
-            let verifier = PinVerifier::new(pin)?;
+            let verifier = PinnedLogin::new(pin)?;
             let client = Client::new(&server, Trust::Config(Box::new(verifier.client_config()?)), None)?;
             let served = client.ca_pem().await?;
             verifier.check_served(&served)?;

@@ -12,7 +12,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use x509_parser::extensions::GeneralName;
@@ -98,7 +97,7 @@ impl CertificateAuthority {
     /// The kubeadm-style pin of a CA certificate: `sha256:` and the lowercase
     /// hex SHA-256 of its DER.
     pub fn pin_of(ca_der: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(ca_der)))
+        tyr_common::pin::pin_of(ca_der)
     }
 
     /// The CA certificate, PEM.

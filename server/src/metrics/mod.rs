@@ -20,15 +20,16 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::grpc::stream::StreamContext;
 use crate::ingest::rejection_counts;
+
+pub use tyr_common::exposition::Format;
+use tyr_common::exposition::{self, Scrape, counter, gauge, labelled_counters};
 
 /// Errors of the metrics module.
 #[derive(Debug, thiserror::Error)]
@@ -36,25 +37,6 @@ pub enum MetricsError {
     /// The registry could not be written as text (a collector failed).
     #[error("encoding metrics: {0}")]
     Encode(std::fmt::Error),
-}
-
-/// Exposition formats `/metrics` answers in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// OpenMetrics 1.0 text (what Prometheus asks for first).
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4 (what `curl` gets).
-    PrometheusText,
-}
-
-impl Format {
-    /// The `Content-Type` of this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Format::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        }
-    }
 }
 
 /// The server's metrics: the registry `/metrics` encodes, and the handle
@@ -161,13 +143,13 @@ impl Metrics {
 
     /// Every metric as text in `format`.
     pub fn encode(&self, format: Format) -> Result<String, MetricsError> {
-        let mut text = String::with_capacity(16 * 1024);
-        match format {
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &self.registry),
-            Format::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry),
-        }
-        .map_err(MetricsError::Encode)?;
-        Ok(text)
+        exposition::encode(&self.registry, format).map_err(MetricsError::Encode)
+    }
+}
+
+impl Scrape for Metrics {
+    fn scrape(&self, format: Format) -> Result<String, std::fmt::Error> {
+        exposition::encode(&self.registry, format)
     }
 }
 
@@ -178,18 +160,6 @@ struct Sources {
     stream: OnceLock<Weak<StreamContext>>,
 }
 
-/// Writes one counter family without labels.
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    let counter = ConstCounter::new(value);
-    counter.encode(encoder.encode_descriptor(name, &format!("{help}."), None, counter.metric_type())?)
-}
-
-/// Writes one gauge family without labels.
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
-    let gauge = ConstGauge::new(value);
-    gauge.encode(encoder.encode_descriptor(name, &format!("{help}."), None, gauge.metric_type())?)
-}
-
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -197,16 +167,14 @@ fn load(counter: &AtomicU64) -> u64 {
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Validation counts are process-wide: they exist before any session.
-        let mut family = encoder.encode_descriptor(
+        let rejections = rejection_counts();
+        labelled_counters(
+            &mut encoder,
             "tyr_rejected_batches",
-            "Event batches refused by validation, by reason.",
-            None,
-            MetricType::Counter,
+            "Event batches refused by validation, by reason",
+            "reason",
+            rejections.iter().map(|(reason, count)| (reason.as_str(), *count)),
         )?;
-        for (reason, count) in rejection_counts() {
-            let labels = [("reason", reason.as_str())];
-            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-        }
 
         let Some(ctx) = self.stream.get().and_then(Weak::upgrade) else { return Ok(()) };
         let e = &mut encoder;
@@ -248,23 +216,22 @@ impl Collector for Sources {
             load(&stream.control_db_failures),
         )?;
         let reports = &stream.discovered;
-        let mut family = e.encode_descriptor(
+        labelled_counters(
+            e,
             "tyr_discovered_agent_reports",
-            "Discovered-agent reports from daemons, by what became of them.",
-            None,
-            MetricType::Counter,
+            "Discovered-agent reports from daemons, by what became of them",
+            "outcome",
+            [
+                ("inserted", &reports.inserted),
+                ("updated", &reports.updated),
+                ("ignored", &reports.ignored),
+                ("capped", &reports.capped),
+                ("invalid", &reports.invalid),
+                ("dropped", &reports.dropped),
+                ("store_failed", &reports.store_failures),
+            ]
+            .map(|(outcome, count)| (outcome, load(count))),
         )?;
-        for (outcome, count) in [
-            ("inserted", &reports.inserted),
-            ("updated", &reports.updated),
-            ("ignored", &reports.ignored),
-            ("capped", &reports.capped),
-            ("invalid", &reports.invalid),
-            ("dropped", &reports.dropped),
-            ("store_failed", &reports.store_failures),
-        ] {
-            ConstCounter::new(load(count)).encode(family.encode_family(&[("outcome", outcome)])?)?;
-        }
         counter(
             e,
             "tyr_policy_push_failures",
