@@ -117,11 +117,12 @@ echo "-- tyr agent list"
 echo "with tyrd run enforcing the fleet policy:"
 try_connect 127.0.0.7 "$port"
 try_connect 127.0.0.1 7700
-echo "-- tyr events query --kind NET_CONNECT --verdict DENY --resource-prefix 127.0.0.7:"
+daemon=$(cat "$state/tyrd/daemon_id")
+echo "-- tyr events query --daemon $daemon --kind NET_CONNECT --verdict DENY --resource-prefix 127.0.0.7:"
 found=""
 for _ in $(seq 60); do
-    found=$("$bin/tyr" events query --kind NET_CONNECT --verdict DENY --resource-prefix 127.0.0.7: --limit 3 \
-        --format table 2>/dev/null || true)
+    found=$("$bin/tyr" events query --daemon "$daemon" --kind NET_CONNECT --verdict DENY \
+        --resource-prefix 127.0.0.7: --limit 3 --format table 2>/dev/null || true)
     [ -n "$found" ] && break
     sleep 0.5
 done
@@ -133,6 +134,9 @@ fi
 echo "$found"
 echo "-- tyr audit --limit 4 (who changed what)"
 "$bin/tyr" audit --limit 4 --format table
+# This machine's daemon leaves the fleet with the quickstart (revoked, audited).
+kill "$tyrd" 2>/dev/null || true
+"$bin/tyr" agent delete "$daemon" >/dev/null
 cleanup
 trap - EXIT
 
