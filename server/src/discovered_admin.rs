@@ -12,6 +12,7 @@ use crate::config::ControlDbConfig;
 use crate::control_db::audit::Actor;
 use crate::control_db::discovered::{self, AgentState, DiscoveredAgent, DiscoveredError, DiscoveredFilter};
 use crate::control_db::{self};
+use crate::enrollment_admin::print_json;
 
 /// The `discovered` subcommands.
 #[derive(Debug, Subcommand)]
@@ -110,11 +111,6 @@ pub enum Outcome {
     Done,
     /// The agent does not exist (exit 1), said on stderr.
     NotFound,
-}
-
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 /// Prints a changed agent, or says it does not exist.

@@ -121,7 +121,8 @@ impl From<daemons::DaemonSummary> for DaemonView {
 }
 
 /// Prints `value` as pretty JSON on stdout; a closed pipe is not an error.
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+/// (Every `tyr-server` admin subcommand prints its data through this.)
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let written = serde_json::to_writer_pretty(&mut out, value)
         .map_err(std::io::Error::from)

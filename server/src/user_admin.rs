@@ -4,10 +4,9 @@
 //! is no default password. Data goes to stdout as JSON, prompts and hints to
 //! the terminal or stderr; a password is never printed.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
 use anyhow::Context;
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::Role;
@@ -16,6 +15,7 @@ use crate::config::ControlDbConfig;
 use crate::control_db;
 use crate::control_db::audit::Actor;
 use crate::control_db::users::{self, MAX_LIST_LIMIT, User, UserError};
+use crate::enrollment_admin::print_json;
 
 /// Errors reading a new password.
 #[derive(Debug, thiserror::Error)]
@@ -64,19 +64,6 @@ pub fn read_new_password() -> Result<String, PasswordInputError> {
         }
         let second = rpassword::prompt_password("password again: ")?;
         return if first == second { Ok(first) } else { Err(PasswordInputError::Mismatch) };
-    }
-}
-
-/// Prints `value` as pretty JSON on stdout; a closed pipe is not an error.
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut out, value)
-        .map_err(std::io::Error::from)
-        .and_then(|()| writeln!(out))
-        .and_then(|()| out.flush());
-    match written {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error).context("writing to stdout"),
-        _ => Ok(()),
     }
 }
 
