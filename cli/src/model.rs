@@ -60,19 +60,18 @@ pub struct PolicyErrorDetail {
 }
 
 impl std::fmt::Display for PolicyErrorDetail {
-    /// `document:line:column: rule R: field F: message`, as `tyrd policy check` prints errors.
+    /// `document:line:column: rule R: field F: message`, exactly as `tyrd
+    /// policy check` prints errors (one formatter, in tyr-common).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.document)?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        if let Some(rule) = &self.rule {
-            write!(f, ": rule {rule}")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": field {field}")?;
-        }
-        write!(f, ": {}", self.message)
+        let error = tyr_common::policy::PolicyError {
+            document: self.document.clone(),
+            rule: self.rule.clone(),
+            field: self.field.clone(),
+            line: self.line,
+            column: self.column,
+            message: self.message.clone(),
+        };
+        error.fmt(f)
     }
 }
 
