@@ -1,28 +1,156 @@
-/* File opens and execs through BPF LSM: lsm/file_open runs for every open
- * of every file after permission checks, lsm/bprm_check_security for every
+/* File operations through BPF LSM: lsm/file_open runs for every open of
+ * every file after permission checks, lsm/bprm_check_security for every
  * exec once the binary is open (again for a script's interpreter), both in
  * the calling task with the struct file in hand — so the path is exact
  * (bpf_d_path) and policy can refuse the operation with EPERM before it
  * completes. Needs CONFIG_BPF_LSM and "bpf" in the active LSM list; where
  * that is missing this object fails to load, file_syscalls.bpf.c observes
- * opens instead, and file and exec deny are reported as not enforceable. */
+ * opens instead, and file and exec deny are reported as not enforceable.
+ *
+ * A file is decided on every name it has here: the path asked for and,
+ * when the process could see the file under another name than tyrd does
+ * (another mount namespace, a bind mount, a chroot), its identity — its
+ * path in tyrd's mount namespace; the stricter decision stands. Governed
+ * processes (agents under a policy that can deny) are also held to their
+ * file rules when they link, rename or mount: a hard link to or a rename of
+ * a file they may not read or write is refused, and so is a mount over a
+ * place they may not write. What cannot be decided for them is refused. */
+#define TYR_TASK_STORAGE
 #include "lib/common.h"
-#include "lib/path_policy.h"
+#include "lib/file_decide.h"
 
-#define TYR_EPERM 1
 /* f_mode bits (include/linux/fs.h). */
 #define TYR_FMODE_READ 0x1
 #define TYR_FMODE_WRITE 0x2
 #define TYR_FMODE_EXEC 0x20
+/* File types (include/uapi/linux/stat.h). */
+#define TYR_S_IFMT 0170000
+#define TYR_S_IFDIR 0040000
+/* renameat2 flags (include/uapi/linux/fs.h). */
+#define TYR_RENAME_EXCHANGE 2
 
-static __always_inline __u32 tyr_class(const struct tyr_record_header *hdr)
+/* The protected name of a file reached by another: set on its inode when a
+ * hard link to, or a rename of, a file some class's rules cover is made —
+ * by any process — and decided on at every open and exec of it, whatever
+ * name is used. Freed with the inode. */
+struct tyr_inode_identity {
+	__u32 len;
+	__u32 reserved;
+	char path[TYR_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_INODE_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tyr_inode_identity);
+} tyr_inode_ids SEC(".maps");
+
+/* Whether any class's rules cover reading or writing a name. */
+struct tyr_covered {
+	__u32 on_task;
+	__u32 slot;
+	__u32 base;
+	__u32 len;
+	__u32 checks; /* 2 per class: read, write */
+	__u32 covered;
+};
+
+static long tyr_covered_step(__u64 index, void *ctx)
 {
-	return hdr->agent_type ? hdr->agent_type : TYR_CLASS_UNKNOWN;
+	struct tyr_covered *a = ctx;
+	if (index >= a->checks)
+		return 1;
+	struct tyr_scratch *s = tyr_scratch_entry(a->on_task);
+	__u32 slot = a->slot;
+	struct tyr_policy_slot *meta = bpf_map_lookup_elem(&tyr_policy_slots, &slot);
+	if (!s || !meta)
+		return 1;
+	/* Classes: those no agent claims, unregistered agents, then each
+	 * known agent type (each falls back to the base policy). */
+	__u32 at = index / 2;
+	__u32 class = at == 0 ? TYR_CLASS_UNKNOWN : at == 1 ? TYR_CLASS_UNREGISTERED : at - 1;
+	__u32 action = index % 2 ? TYR_ACTION_FILE_WRITE : TYR_ACTION_FILE_READ;
+	struct tyr_decision d;
+	tyr_path_decide(s, a->on_task ? TYR_DECIDE_ON_TASK : 0, slot, meta, a->base, a->len, class, action, &d);
+	if (d.verdict == TYR_VERDICT_DENY || d.verdict == TYR_VERDICT_ALERT) {
+		a->covered = 1;
+		return 1;
+	}
+	return 0;
 }
 
-static __always_inline bool tyr_reportable(const struct tyr_decision *d)
+/* Keeps the protected name (len bytes at s->rec + at) on `inode` when a
+ * rule of any class covers it; a name already kept stays. */
+static __always_inline void tyr_keep_identity(const struct tyr_config *cfg, struct tyr_scratch *s, __u32 on_task,
+					      __u32 slot, struct inode *inode, __u32 at, __u32 len)
 {
-	return d->verdict == TYR_VERDICT_DENY || d->verdict == TYR_VERDICT_ALERT;
+	if (!len || !inode)
+		return;
+	struct tyr_covered covered = {
+		.on_task = on_task,
+		.slot = slot,
+		.base = at,
+		.len = len,
+		.checks = 2 * (cfg->known_classes + 2),
+	};
+	bpf_loop(128, tyr_covered_step, &covered, 0);
+	if (!covered.covered)
+		return;
+	struct tyr_inode_identity *id =
+		bpf_inode_storage_get(&tyr_inode_ids, inode, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!id || id->len)
+		return;
+	bpf_probe_read_kernel(id->path, len & (TYR_PATH_MAX - 1), &s->rec[at & TYR_BASE_MASK]);
+	id->len = len & (TYR_PATH_MAX - 1);
+}
+
+/* Writes the name kept on `inode`, if any, at s->rec + at; returns its length. */
+static __always_inline __u32 tyr_kept_identity(struct tyr_scratch *s, struct inode *inode, __u32 at)
+{
+	struct tyr_inode_identity *id = bpf_inode_storage_get(&tyr_inode_ids, inode, 0, 0);
+	if (!id || !id->len)
+		return 0;
+	__u32 len = id->len & (TYR_PATH_MAX - 1);
+	bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], len, id->path);
+	return len;
+}
+
+/* The policy in force for a hook, and who is asking. */
+struct tyr_who {
+	struct tyr_policy_slot *meta; /* NULL: no policy */
+	__u32 slot;
+	__u32 tgid;
+	struct tyr_agent_class *agent;
+	bool governed;
+};
+
+static __always_inline void tyr_who(struct tyr_who *who)
+{
+	who->slot = 0;
+	who->meta = tyr_policy_in_force(&who->slot);
+	who->tgid = bpf_get_current_pid_tgid() >> 32;
+	who->agent = tyr_agent_of(who->tgid);
+	who->governed = tyr_governed(who->agent, who->meta);
+}
+
+static __always_inline void tyr_checks_init(struct tyr_checks *c, const struct tyr_who *who, __u32 on_task)
+{
+	c->slot = who->slot;
+	c->class = tyr_class_of(who->agent);
+	c->on_task = on_task;
+	c->count = 0;
+}
+
+/* Writes the identity of the file at (mnt, dentry) at s->rec + at when it
+ * may differ from the name asked for; returns its length (0: none). */
+static __always_inline __u32 tyr_identity_at(const struct tyr_config *cfg, struct tyr_scratch *s, __u32 on_task,
+					     struct vfsmount *mnt, struct dentry *dentry, __u32 at)
+{
+	tyr_names_init(s, cfg->init_mnt_ns);
+	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
+	tyr_names_run(s, on_task, at);
+	return tyr_name_len(s, 0);
 }
 
 SEC("lsm/file_open")
@@ -37,70 +165,68 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 	/* The open of an exec's binary: governed and reported as the exec. */
 	if (fmode & TYR_FMODE_EXEC)
 		return 0;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (tgid == cfg->self_tgid)
+	struct tyr_who who;
+	tyr_who(&who);
+	if (who.tgid == cfg->self_tgid)
 		return 0;
 	__u32 flags = file->f_flags;
 	__u32 kind = tyr_open_kind(flags);
-	/* One read of the policy switch for the whole operation. */
-	__u32 slot = 0;
-	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
-	bool policy = meta != NULL;
-	if (!policy && !tyr_kind_enabled(cfg, kind))
+	if (!who.meta && !tyr_kind_enabled(cfg, kind))
 		return 0;
 
-	struct tyr_scratch *s = tyr_scratch_claim();
+	__u32 on_task = 0;
+	struct tyr_scratch *s = tyr_scratch_claim(cfg, &on_task);
 	if (!s) {
-		tyr_count_lost(kind);
-		if (policy)
-			tyr_count_undecided(kind);
-		return 0;
+		char comm[TYR_COMM_LEN];
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!who.governed && tyr_kind_enabled(cfg, kind) && tyr_process_selected(cfg, who.tgid, comm))
+			tyr_count_lost(kind); /* this open would have been recorded */
+		return tyr_undecided_file(who.meta, who.governed, kind, TYR_FILE_OP_OPEN, file);
 	}
 	struct tyr_file_fixed *rec = (struct tyr_file_fixed *)s->rec;
-	__u8 *data = s->rec + sizeof(*rec);
+	__u32 base = sizeof(*rec);
 	tyr_fill_header(&rec->hdr, TYR_REC_FILE, kind);
-	long n = bpf_d_path(&file->f_path, (char *)data, TYR_PATH_MAX);
+	long n = bpf_d_path(&file->f_path, (char *)(s->rec + base), TYR_PATH_MAX);
 	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
+	__u32 identity_len = 0;
 
 	/* Read and write intent are checked separately; the stricter wins. */
-	struct tyr_decision decision;
-	tyr_decision_none(&decision);
-	if (meta) {
-		__u32 class = tyr_class(&rec->hdr);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	if (who.meta) {
+		identity_len = tyr_identity_at(cfg, s, on_task, file->f_path.mnt, file->f_path.dentry, base + path_len);
+		/* A hard link's or a moved file's protected name is its identity. */
+		__u32 kept = tyr_kept_identity(s, file->f_inode, base + path_len);
+		if (kept)
+			identity_len = kept;
 		bool reads = fmode & TYR_FMODE_READ;
 		bool writes = (fmode & TYR_FMODE_WRITE) || kind == TYR_KIND_FILE_WRITE;
 		if (reads)
-			tyr_path_decide(s, slot, meta, sizeof(*rec), path_len, class, TYR_ACTION_FILE_READ, &decision);
-		if (writes) {
-			struct tyr_decision write_decision;
-			tyr_path_decide(s, slot, meta, sizeof(*rec), path_len, class, TYR_ACTION_FILE_WRITE,
-					&write_decision);
-			if (reads)
-				tyr_decision_stricter(&decision, &write_decision);
-			else
-				decision = write_decision;
-		}
+			tyr_check_add(c, base, path_len, TYR_ACTION_FILE_READ, 0, TYR_DECIDED_ON_PATH);
+		if (writes)
+			tyr_check_add(c, base, path_len, TYR_ACTION_FILE_WRITE, 0, TYR_DECIDED_ON_PATH);
+		if (identity_len && reads)
+			tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_FILE_READ, 0,
+				      TYR_DECIDED_ON_IDENTITY);
+		if (identity_len && writes)
+			tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_FILE_WRITE, 0,
+				      TYR_DECIDED_ON_IDENTITY);
 	}
-	bool deny = decision.verdict == TYR_VERDICT_DENY;
+	tyr_checks_run(c);
+	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 
 	/* Decisions other than plain allow are always reported. */
-	bool report = tyr_reportable(&decision) ||
-		      (tyr_kind_enabled(cfg, kind) && tyr_process_selected(cfg, tgid, rec->hdr.comm));
-	if (report && !tyr_reportable(&decision) && !tyr_ring_has_room(cfg)) {
+	bool report = tyr_reportable(&c->best) ||
+		      (tyr_kind_enabled(cfg, kind) && tyr_process_selected(cfg, who.tgid, rec->hdr.comm));
+	if (report && !tyr_reportable(&c->best) && !tyr_ring_has_room(cfg)) {
 		tyr_count_lost(kind);
 		report = false;
 	}
 	if (report) {
-		rec->result = deny ? -TYR_EPERM : 0;
-		rec->open_flags = flags;
-		rec->source = TYR_FILE_SOURCE_LSM;
-		rec->reserved = 0;
-		rec->path_len = path_len;
-		rec->name_len = 0;
-		tyr_decision_store(&decision, &rec->decision);
-		tyr_emit(s, sizeof(*rec), path_len, kind);
+		tyr_file_record(rec, deny ? -TYR_EPERM : 0, flags, TYR_FILE_OP_OPEN, path_len, 0, identity_len, c);
+		tyr_emit(s, base, path_len + identity_len, kind);
 	}
-	tyr_scratch_release(s);
+	tyr_scratch_release(s, on_task);
 	return deny ? -TYR_EPERM : 0;
 }
 
@@ -114,10 +240,27 @@ int BPF_PROG(tyr_exec_begin, struct linux_binprm *bprm, int ret)
 	return ret;
 }
 
-/* Deny over alert over allow. */
-static __always_inline __u32 tyr_verdict_rank(__u32 verdict)
+/* Records an exec policy refused: the exec never happens, so this is its
+ * only record. No room for the path: the record says why. */
+static __always_inline int tyr_exec_refused_undecided(const struct tyr_who *who)
 {
-	return verdict == TYR_VERDICT_DENY ? 2 : verdict == TYR_VERDICT_ALERT ? 1 : 0;
+	tyr_count(&tyr_refused, TYR_KIND_EXEC);
+	struct tyr_exec_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
+	if (!rec) {
+		tyr_count_lost(TYR_KIND_EXEC);
+		return -TYR_EPERM;
+	}
+	tyr_fill_header(&rec->hdr, TYR_REC_EXEC, TYR_KIND_EXEC);
+	rec->hdr.size = sizeof(*rec);
+	rec->exe_len = 0;
+	rec->argv_len = 0;
+	rec->result = -TYR_EPERM;
+	rec->reserved = TYR_FAILSAFE_NO_SCRATCH;
+	rec->decision.policy_version = who->meta->version;
+	rec->decision.rule = 0;
+	rec->decision.verdict = TYR_VERDICT_DENY;
+	bpf_ringbuf_submit(rec, 0);
+	return -TYR_EPERM;
 }
 
 SEC("lsm/bprm_check_security")
@@ -128,45 +271,287 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 	struct tyr_config *cfg = tyr_config();
 	if (!cfg)
 		return 0;
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (tgid == cfg->self_tgid)
-		return 0;
-	__u32 slot = 0;
-	struct tyr_policy_slot *meta = tyr_policy_in_force(&slot);
-	if (!meta)
-		return 0; /* the exec tracepoint reports the exec */
+	struct tyr_who who;
+	tyr_who(&who);
+	if (who.tgid == cfg->self_tgid || !who.meta)
+		return 0; /* without policy the exec tracepoint reports the exec */
 
-	struct tyr_scratch *s = tyr_scratch_claim();
+	__u32 on_task = 0;
+	struct tyr_scratch *s = tyr_scratch_claim(cfg, &on_task);
 	if (!s) {
-		tyr_count_undecided(TYR_KIND_EXEC);
-		return 0;
+		if (!who.governed) {
+			tyr_count(&tyr_undecided, TYR_KIND_EXEC);
+			return 0;
+		}
+		return tyr_exec_refused_undecided(&who);
 	}
 	struct tyr_exec_fixed *rec = (struct tyr_exec_fixed *)s->rec;
-	__u8 *data = s->rec + sizeof(*rec);
+	__u32 base = sizeof(*rec);
 	tyr_fill_header(&rec->hdr, TYR_REC_EXEC, TYR_KIND_EXEC);
-	long n = bpf_d_path(&bprm->file->f_path, (char *)data, TYR_PATH_MAX);
+	struct file *exe = bprm->file;
+	long n = bpf_d_path(&exe->f_path, (char *)(s->rec + base), TYR_PATH_MAX);
 	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
+	__u32 identity_len = tyr_identity_at(cfg, s, on_task, exe->f_path.mnt, exe->f_path.dentry, base + path_len);
+	__u32 kept = tyr_kept_identity(s, exe->f_inode, base + path_len);
+	if (kept)
+		identity_len = kept;
 
-	struct tyr_decision decision;
-	tyr_path_decide(s, slot, meta, sizeof(*rec), path_len, tyr_class(&rec->hdr), TYR_ACTION_EXEC, &decision);
-	bool deny = decision.verdict == TYR_VERDICT_DENY;
-	struct tyr_policy_decision stored;
-	tyr_decision_store(&decision, &stored);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	tyr_check_add(c, base, path_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_PATH);
+	if (identity_len)
+		tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_IDENTITY);
+	tyr_checks_run(c);
+	bool deny = c->best.verdict == TYR_VERDICT_DENY;
+	struct tyr_policy_decision stored = c->best;
 	if (deny) {
-		/* The exec never happens: this is its only record. */
+		/* The exec never happens: this is its only record. Its exe is the
+		 * name the verdict was decided on. */
+		if (c->best_name == TYR_DECIDED_ON_IDENTITY) {
+			bpf_probe_read_kernel(s->rec + base, identity_len & (TYR_PATH_MAX - 1),
+					      s->rec + ((base + path_len) & TYR_BASE_MASK));
+			path_len = identity_len;
+		}
 		rec->exe_len = path_len;
 		rec->argv_len = 0;
 		rec->result = -TYR_EPERM;
 		rec->reserved = 0;
 		rec->decision = stored;
-		tyr_emit(s, sizeof(*rec), path_len, TYR_KIND_EXEC);
+		tyr_emit(s, base, path_len, TYR_KIND_EXEC);
 	} else {
 		/* A script's own decision, checked first, stands unless its
 		 * interpreter's is stricter. */
-		struct tyr_policy_decision *earlier = bpf_map_lookup_elem(&tyr_exec_decisions, &tgid);
+		struct tyr_policy_decision *earlier = bpf_map_lookup_elem(&tyr_exec_decisions, &who.tgid);
 		if (!earlier || tyr_verdict_rank(stored.verdict) > tyr_verdict_rank(earlier->verdict))
-			bpf_map_update_elem(&tyr_exec_decisions, &tgid, &stored, BPF_ANY);
+			bpf_map_update_elem(&tyr_exec_decisions, &who.tgid, &stored, BPF_ANY);
 	}
-	tyr_scratch_release(s);
+	tyr_scratch_release(s, on_task);
 	return deny ? -TYR_EPERM : 0;
+}
+
+/* The start of a link, rename or mount, which only governed processes
+ * are held to: the scratch with its record's header filled and no names
+ * added yet, or NULL with *verdict the hook's answer. */
+static __always_inline struct tyr_scratch *tyr_governed_op_begin(struct tyr_who *who, __u32 op, bool anyone,
+								  __u32 *on_task, int *verdict)
+{
+	*verdict = 0;
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg)
+		return NULL;
+	tyr_who(who);
+	if (!who->governed && !(anyone && who->meta))
+		return NULL;
+	struct tyr_scratch *s = tyr_scratch_claim(cfg, on_task);
+	if (!s) {
+		*verdict = tyr_undecided_file(who->meta, who->governed, TYR_KIND_FILE_WRITE, op, NULL);
+		return NULL;
+	}
+	struct tyr_file_fixed *rec = (struct tyr_file_fixed *)s->rec;
+	tyr_fill_header(&rec->hdr, TYR_REC_FILE, TYR_KIND_FILE_WRITE);
+	tyr_names_init(s, cfg->init_mnt_ns);
+	return s;
+}
+
+/* The names of a governed operation (its path, the other name, the file's
+ * identity), resolved after the record's fixed part. */
+struct tyr_op_names {
+	__u32 path_len;
+	__u32 name_len;
+	__u32 identity_len;
+};
+
+static __always_inline void tyr_governed_op_names(struct tyr_scratch *s, __u32 on_task, struct tyr_op_names *out)
+{
+	tyr_names_run(s, on_task, sizeof(struct tyr_file_fixed));
+	out->path_len = tyr_name_len(s, 0);
+	out->name_len = tyr_name_len(s, 1);
+	out->identity_len = tyr_name_len(s, 2);
+	((struct tyr_file_fixed *)s->rec)->hdr.flags |= s->names.flags;
+}
+
+/* Emits a link, rename or mount record decided by `c` and returns the
+ * hook's verdict. Only decisions other than plain allow are recorded:
+ * these operations are governed, not audited. */
+static __always_inline int tyr_emit_governed_op(struct tyr_scratch *s, __u32 on_task, const struct tyr_checks *c,
+						__u32 op, const struct tyr_op_names *n)
+{
+	bool deny = c->best.verdict == TYR_VERDICT_DENY;
+	if (tyr_reportable(&c->best)) {
+		struct tyr_file_fixed *rec = (struct tyr_file_fixed *)s->rec;
+		__u32 kind = c->best_action == TYR_ACTION_FILE_READ ? TYR_KIND_FILE_READ : TYR_KIND_FILE_WRITE;
+		rec->hdr.kind = kind;
+		tyr_file_record(rec, deny ? -TYR_EPERM : 0, 0, op, n->path_len, n->name_len, n->identity_len, c);
+		tyr_emit(s, sizeof(*rec), n->path_len + n->name_len + n->identity_len, kind);
+	}
+	tyr_scratch_release(s, on_task);
+	return deny ? -TYR_EPERM : 0;
+}
+
+/* A new name for an existing file: the governed may not link a file they
+ * may not read or write (the link would be a way around the rule), nor
+ * create a name where they may not write. */
+SEC("lsm/path_link")
+int BPF_PROG(tyr_path_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry, int ret)
+{
+	if (ret)
+		return ret;
+	struct tyr_who who;
+	__u32 on_task = 0;
+	int verdict;
+	struct tyr_scratch *s = tyr_governed_op_begin(&who, TYR_FILE_OP_LINK, true, &on_task, &verdict);
+	if (!s)
+		return verdict;
+	/* A link is made within one mount: the old file's is new_dir's. */
+	struct vfsmount *mnt = BPF_CORE_READ(new_dir, mnt);
+	tyr_name_add(s, TYR_NAME_PATH, mnt, old_dentry, NULL);
+	tyr_name_add(s, TYR_NAME_CHILD, mnt, BPF_CORE_READ(new_dir, dentry), new_dentry);
+	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, old_dentry, NULL);
+	struct tyr_op_names n;
+	tyr_governed_op_names(s, on_task, &n);
+
+	__u32 base = sizeof(struct tyr_file_fixed);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	if (who.governed) {
+		tyr_check_rw(c, base, n.path_len, 0, TYR_DECIDED_ON_PATH);
+		if (n.identity_len)
+			tyr_check_rw(c, base + n.path_len + n.name_len, n.identity_len, 0, TYR_DECIDED_ON_IDENTITY);
+		tyr_check_add(c, base + n.path_len, n.name_len, TYR_ACTION_FILE_WRITE, 0, TYR_DECIDED_ON_PATH);
+	}
+	tyr_checks_run(c);
+	/* Whoever makes it, a new name for a protected file carries the
+	 * protected one with it. */
+	if (c->best.verdict != TYR_VERDICT_DENY) {
+		struct tyr_config *cfg = tyr_config();
+		__u32 at = n.identity_len ? base + n.path_len + n.name_len : base;
+		if (cfg)
+			tyr_keep_identity(cfg, s, on_task, who.slot, old_dentry->d_inode, at,
+					  n.identity_len ? n.identity_len : n.path_len);
+	}
+	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_LINK, &n);
+}
+
+/* A file or directory moved: the governed may not move what they may not
+ * read or write (out of the rule's reach), a directory holding such files
+ * included, nor move anything to where they may not write. */
+SEC("lsm/path_rename")
+int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	if (ret)
+		return ret;
+	struct tyr_who who;
+	__u32 on_task = 0;
+	int verdict;
+	struct tyr_scratch *s = tyr_governed_op_begin(&who, TYR_FILE_OP_RENAME, true, &on_task, &verdict);
+	if (!s)
+		return verdict;
+	struct vfsmount *old_mnt = BPF_CORE_READ(old_dir, mnt);
+	tyr_name_add(s, TYR_NAME_CHILD, old_mnt, BPF_CORE_READ(old_dir, dentry), old_dentry);
+	tyr_name_add(s, TYR_NAME_CHILD, BPF_CORE_READ(new_dir, mnt), BPF_CORE_READ(new_dir, dentry), new_dentry);
+	tyr_name_add(s, TYR_NAME_IDENTITY, old_mnt, old_dentry, NULL);
+	struct tyr_op_names n;
+	tyr_governed_op_names(s, on_task, &n);
+
+	/* A directory is decided as everything below it. */
+	__u32 how = 0;
+	umode_t mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
+	if ((mode & TYR_S_IFMT) == TYR_S_IFDIR) {
+		how = TYR_DECIDE_SUBTREE;
+		((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
+	}
+	__u32 base = sizeof(struct tyr_file_fixed);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	if (who.governed) {
+		tyr_check_rw(c, base, n.path_len, how, TYR_DECIDED_ON_PATH);
+		if (n.identity_len)
+			tyr_check_rw(c, base + n.path_len + n.name_len, n.identity_len, how, TYR_DECIDED_ON_IDENTITY);
+		if (flags & TYR_RENAME_EXCHANGE)
+			tyr_check_rw(c, base + n.path_len, n.name_len, how, TYR_DECIDED_ON_PATH);
+		else
+			tyr_check_add(c, base + n.path_len, n.name_len, TYR_ACTION_FILE_WRITE, how, TYR_DECIDED_ON_PATH);
+	}
+	tyr_checks_run(c);
+	/* Whoever moves it, a protected file keeps its protected name. */
+	if (c->best.verdict != TYR_VERDICT_DENY && !how) {
+		struct tyr_config *cfg = tyr_config();
+		__u32 at = n.identity_len ? base + n.path_len + n.name_len : base;
+		if (cfg)
+			tyr_keep_identity(cfg, s, on_task, who.slot, old_dentry->d_inode, at,
+					  n.identity_len ? n.identity_len : n.path_len);
+	}
+	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_RENAME, &n);
+}
+
+/* Decides a mount over `target` (its path, then `source` as given): a
+ * mount replaces everything below its mountpoint, so it is a write there. */
+static __always_inline int tyr_mount_decide(const struct path *target, const char *source)
+{
+	struct tyr_who who;
+	__u32 on_task = 0;
+	int verdict;
+	struct tyr_scratch *s = tyr_governed_op_begin(&who, TYR_FILE_OP_MOUNT, false, &on_task, &verdict);
+	if (!s)
+		return verdict;
+	((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
+	struct vfsmount *mnt = BPF_CORE_READ(target, mnt);
+	struct dentry *dentry = BPF_CORE_READ(target, dentry);
+	tyr_name_add(s, TYR_NAME_PATH, mnt, dentry, NULL);
+	tyr_name_add(s, TYR_NAME_STRING, NULL, source, NULL);
+	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
+	struct tyr_op_names n;
+	tyr_governed_op_names(s, on_task, &n);
+
+	__u32 base = sizeof(struct tyr_file_fixed);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_WRITE, TYR_DECIDE_SUBTREE, TYR_DECIDED_ON_PATH);
+	if (n.identity_len)
+		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE,
+			      TYR_DECIDE_SUBTREE, TYR_DECIDED_ON_IDENTITY);
+	tyr_checks_run(c);
+	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_MOUNT, &n);
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(tyr_sb_mount, const char *dev_name, const struct path *path, const char *type, unsigned long flags,
+	     void *data, int ret)
+{
+	if (ret)
+		return ret;
+	return tyr_mount_decide(path, dev_name);
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(tyr_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	if (ret)
+		return ret;
+	return tyr_mount_decide(to_path, NULL);
+}
+
+/* Governed agents may be kept out of new user namespaces (where they could
+ * get mount and chroot rights); off unless tyrd is told so. */
+SEC("lsm/userns_create")
+int BPF_PROG(tyr_userns_create, const struct cred *cred, int ret)
+{
+	if (ret)
+		return ret;
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg || !cfg->agent_userns_deny)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tyr_agent_class *agent = tyr_agent_of(tgid);
+	if (!agent || !agent->agent_type)
+		return 0;
+	struct tyr_file_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
+	if (rec) {
+		tyr_refusal_record(rec, TYR_KIND_FILE_WRITE, TYR_FILE_OP_USERNS, 0, 0, TYR_FAILSAFE_NONE);
+		bpf_ringbuf_submit(rec, 0);
+	} else {
+		tyr_count_lost(TYR_KIND_FILE_WRITE);
+	}
+	return -TYR_EPERM;
 }

@@ -86,7 +86,8 @@ static __always_inline int tyr_open_exit(long ret)
 		tyr_count_lost(args.kind);
 		return 0;
 	}
-	struct tyr_scratch *s = tyr_scratch_claim();
+	__u32 on_task = 0;
+	struct tyr_scratch *s = tyr_scratch_claim(cfg, &on_task);
 	if (!s) {
 		tyr_count_lost(args.kind);
 		return 0;
@@ -99,7 +100,12 @@ static __always_inline int tyr_open_exit(long ret)
 	rec->result = ret;
 	rec->open_flags = args.flags;
 	rec->source = TYR_FILE_SOURCE_SYSCALL;
+	rec->op = TYR_FILE_OP_OPEN;
+	rec->decided_on = TYR_DECIDED_ON_PATH;
+	rec->identity_len = 0;
+	rec->failsafe = TYR_FAILSAFE_NONE;
 	rec->reserved = 0;
+	rec->reserved2 = 0;
 	/* Observation only: policy is not decided here. */
 	rec->decision.policy_version = 0;
 	rec->decision.rule = 0;
@@ -111,7 +117,7 @@ static __always_inline int tyr_open_exit(long ret)
 		struct file *file = tyr_fd_file(task, ret);
 		if (file) {
 			struct path p = BPF_CORE_READ(file, f_path);
-			path_len = tyr_resolve_path(s, &p, sizeof(*rec), &rec->hdr.flags);
+			path_len = tyr_resolve_path(s, on_task, &p, sizeof(*rec), &rec->hdr.flags);
 		}
 	} else {
 		char first = 0;
@@ -130,7 +136,7 @@ static __always_inline int tyr_open_exit(long ret)
 				}
 			}
 			if (have_dir)
-				path_len = tyr_resolve_path(s, &dir, sizeof(*rec), &rec->hdr.flags);
+				path_len = tyr_resolve_path(s, on_task, &dir, sizeof(*rec), &rec->hdr.flags);
 		}
 		long n = bpf_probe_read_user_str(data + (path_len & TYR_PATH_MASK), TYR_PATH_MAX, args.filename);
 		if (n > 1)
@@ -141,7 +147,7 @@ static __always_inline int tyr_open_exit(long ret)
 	rec->path_len = path_len;
 	rec->name_len = name_len;
 	tyr_emit(s, sizeof(*rec), path_len + name_len, args.kind);
-	tyr_scratch_release(s);
+	tyr_scratch_release(s, on_task);
 	return 0;
 }
 

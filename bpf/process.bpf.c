@@ -10,7 +10,9 @@
 SEC("tp/sched/sched_process_exec")
 int tyr_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	struct tyr_scratch *s = tyr_scratch_claim();
+	struct tyr_config *cfg = tyr_config();
+	__u32 on_task = 0;
+	struct tyr_scratch *s = cfg ? tyr_scratch_claim(cfg, &on_task) : NULL;
 	if (!s) {
 		tyr_count_lost(TYR_KIND_EXEC);
 		return 0;
@@ -25,7 +27,7 @@ int tyr_exec(struct trace_event_raw_sched_process_exec *ctx)
 	__u32 exe_len = 0;
 	if (exe) {
 		struct path exe_path = BPF_CORE_READ(exe, f_path);
-		exe_len = tyr_resolve_path(s, &exe_path, sizeof(*rec), &rec->hdr.flags);
+		exe_len = tyr_resolve_path(s, on_task, &exe_path, sizeof(*rec), &rec->hdr.flags);
 	}
 
 	unsigned long arg_start = BPF_CORE_READ(task, mm, arg_start);
@@ -57,7 +59,7 @@ int tyr_exec(struct trace_event_raw_sched_process_exec *ctx)
 		rec->decision.verdict = 0;
 	}
 	tyr_emit(s, sizeof(*rec), exe_len + argv_len, TYR_KIND_EXEC);
-	tyr_scratch_release(s);
+	tyr_scratch_release(s, on_task);
 	return 0;
 }
 
@@ -71,9 +73,20 @@ int BPF_PROG(tyr_fork, struct task_struct *parent, struct task_struct *child)
 	__u32 parent_tgid = parent->tgid;
 	__u32 child_tgid = child->tgid;
 	struct tyr_agent_class *agent = bpf_map_lookup_elem(&tyr_agents, &parent_tgid);
-	if (agent) {
+	if (!agent)
+		agent = bpf_task_storage_get(&tyr_task_agents, parent->group_leader, 0, 0);
+	if (!agent) {
+		/* An entry a process left behind must not pass to the next
+		 * process given its pid. */
+		bpf_map_delete_elem(&tyr_agents, &child_tgid);
+	} else {
 		struct tyr_agent_class inherited = *agent;
-		bpf_map_update_elem(&tyr_agents, &child_tgid, &inherited, BPF_ANY);
+		if (bpf_map_update_elem(&tyr_agents, &child_tgid, &inherited, BPF_ANY)) {
+			/* No room: the child stays governed through its task,
+			 * and the shortage is counted. */
+			tyr_count_health(TYR_HEALTH_AGENTS_FULL);
+			bpf_task_storage_get(&tyr_task_agents, child, &inherited, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		}
 	}
 	struct tyr_fork_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
 	if (!rec) {

@@ -17,7 +17,6 @@ mod counters;
 pub use counters::{Counters, LiveCounters};
 
 use std::cell::{Cell, RefCell};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -38,7 +37,7 @@ use crate::detect::exe_hash::ExeHasher;
 use crate::detect::feed::AgentLink;
 use crate::detect::registry::Registry;
 use crate::detect::tracker::{AgentTracker, UnregisteredAgents};
-use crate::enforce::PolicyInstaller;
+use crate::enforce::{PolicyInstaller, link_scan};
 use crate::kinds::KindSet;
 use crate::pipeline::batcher::{self, BatchPolicy};
 use crate::pipeline::clock::BootClock;
@@ -168,8 +167,12 @@ impl Policies<'_> {
             status!(self.console, "policy refused, no enforcing hooks attached");
             return;
         };
-        match installer.install(update.compiled, update.set) {
+        match installer.install(update.compiled, Arc::clone(&update.set)) {
             Ok(()) => {
+                if let Some(inode_ids) = installer.inode_ids() {
+                    // Links made before this policy: found off the ring thread.
+                    link_scan::spawn(inode_ids, update.set, Arc::clone(&self.counters.link_scan));
+                }
                 self.counters.applied_policy_version.store(update.version, Ordering::Relaxed);
                 info!(version = update.version, "policy in force");
                 status!(self.console, "policy version {} in force", update.version);
@@ -197,9 +200,16 @@ fn apply_overrides(link: Option<&AgentLink>, builder: &RefCell<EventBuilder>) {
 fn publish(counters: &LiveCounters, builder: &EventBuilder) {
     counters.tls_unparsed.store(builder.tls_unparsed, Ordering::Relaxed);
     counters.proc_reads.store(builder.cache().proc_reads, Ordering::Relaxed);
-    counters.agents_discovered.store(builder.agents().registry().agents().len() as u64, Ordering::Relaxed);
+    counters.agents_discovered.store(builder.agents().registry().len() as u64, Ordering::Relaxed);
     counters.agent_map_failures.store(builder.agents().kernel_update_failures, Ordering::Relaxed);
-    counters.agent_save_failures.store(builder.agents().registry().save_failures, Ordering::Relaxed);
+    let agents = builder.agents();
+    counters.agent_save_failures.store(agents.registry().save_failures(), Ordering::Relaxed);
+    let refused = agents.registry().refused + agents.registry().unregistered_refused;
+    counters.agents_refused.store(refused, Ordering::Relaxed);
+    counters.agent_claims_ignored.store(agents.claims_ignored, Ordering::Relaxed);
+    counters.agent_moves_refused.store(agents.kernel_moves_refused, Ordering::Relaxed);
+    counters.agent_processes_evicted.store(agents.evicted(), Ordering::Relaxed);
+    counters.processes_evicted.store(builder.cache().evicted(), Ordering::Relaxed);
 }
 
 /// Reads the kernel's lost and undecided counters (a failed read keeps the
@@ -207,6 +217,10 @@ fn publish(counters: &LiveCounters, builder: &EventBuilder) {
 fn poll_kernel(counters: &LiveCounters, capture: &Capture) {
     match (capture.lost(), capture.undecided()) {
         (Ok(lost), Ok(undecided)) => counters.set_kernel(&lost, &undecided),
+        (Err(error), _) | (_, Err(error)) => warn!(%error, "reading the kernel counters failed"),
+    }
+    match (capture.refused(), capture.health()) {
+        (Ok(refused), Ok(health)) => counters.set_kernel_decisions(&refused, health),
         (Err(error), _) | (_, Err(error)) => warn!(%error, "reading the kernel counters failed"),
     }
 }
@@ -228,7 +242,9 @@ pub fn run(
     let console = config.console;
     let mut raw_out = match &config.record_raw {
         Some(path) => {
-            let mut out = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+            // Raw records hold unredacted command lines: 0600, like every file tyrd writes.
+            let file = crate::private_fs::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let mut out = BufWriter::new(file);
             out.write_all(&crate::capture::record::recording_header())?;
             Some(out)
         }
@@ -292,6 +308,10 @@ pub fn run(
     );
     if let Some(link) = &config.agents {
         tracker = tracker.with_feed(Arc::clone(&link.feed));
+    }
+    if let Some(hash) = tracker.hash_counters() {
+        // Set once: the hasher's atomics are read directly.
+        let _ = counters.exe_hash.set(Arc::clone(hash));
     }
     let mut builder = EventBuilder::new(ProcessCache::new(capacity), BootClock::now(), tracker);
     if let Some(versions) = versions {
@@ -376,6 +396,7 @@ pub fn run(
     }
     publish(&counters, &builder.borrow());
     counters.set_kernel(&capture.lost()?, &capture.undecided()?);
+    counters.set_kernel_decisions(&capture.refused()?, capture.health()?);
     drop(capture);
     info!("capture stopped");
     Ok(counters.snapshot())

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use tyr_proto::limits::MAX_EVENTS_PER_BATCH;
+use zeroize::Zeroize;
 
 use crate::detect::tracker::UnregisteredAgents;
+use crate::redact::REDACTED;
 
 /// Where the configuration file is looked for without `--config`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tyr/tyrd.toml";
@@ -87,7 +89,9 @@ pub enum ConfigError {
     },
 }
 
-/// A secret string (the enrollment token): `Debug` and `Display` redact it.
+/// A secret string (the enrollment token, a private key's PEM): `Debug`
+/// and `Display` print [`REDACTED`], and the bytes are wiped when it is
+/// dropped.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -104,9 +108,30 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
+        write!(f, "Secret({REDACTED})")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// For command-line flags (`--token`), parsed straight into a `Secret`.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(value))
     }
 }
 
@@ -278,7 +303,7 @@ impl DaemonConfig {
             self.server = Some(v);
         }
         if let Some(v) = get(ENV_TOKEN) {
-            self.token = Some(Secret(v));
+            self.token = Some(Secret::new(v));
         }
         if let Some(v) = get(ENV_CA_PIN) {
             self.ca_pin = Some(v);
@@ -417,5 +442,18 @@ mod tests {
         let error = load(server, &[(ENV_METRICS_ADDR, "localhost")], ConfigOverrides::default()).expect_err("bad");
         assert!(error.to_string().contains(ENV_METRICS_ADDR), "{error}");
         assert!(load(&format!("{server}metrics_addr = 7703\n"), &[], ConfigOverrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_or_display() {
+        let token = "tokid.supersecretvalue";
+        let config = load("server = \"https://tyr.example:7700\"\n", &[(ENV_TOKEN, token)], ConfigOverrides::default())
+            .expect("loads");
+        assert_eq!(config.token.as_ref().map(Secret::expose), Some(token));
+        let overrides = ConfigOverrides { token: Some(token.parse().expect("infallible")), ..Default::default() };
+        for shown in [format!("{config:?}"), format!("{overrides:?}"), format!("{}", Secret::new(token))] {
+            assert!(!shown.contains("supersecret"), "{shown}");
+        }
+        assert!(format!("{config:?}").contains(REDACTED));
     }
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tyr_proto::EventKind;
 
-use crate::capture::CaptureConfig;
+use crate::capture::{AgentUserns, CaptureConfig};
 use crate::capture_loop::{self, CaptureLoopConfig, LiveCounters, PolicyUpdate};
 use crate::client::agents;
 use crate::client::backoff::Backoff;
@@ -210,7 +210,12 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::R
         Err(error) => warn!(%error, "the stored agent overrides are unusable; waiting for the server's"),
     }
     let loop_config = CaptureLoopConfig {
-        capture: CaptureConfig { kinds: kinds(config.tls_capture), enforce: true, ..CaptureConfig::default() },
+        capture: CaptureConfig {
+            kinds: kinds(config.tls_capture),
+            enforce: true,
+            agent_userns_deny: AgentUserns::from_env() == AgentUserns::Deny,
+            ..CaptureConfig::default()
+        },
         batch: BatchPolicy {
             max_events: config.batch_max_events as usize,
             max_delay: Duration::from_millis(config.batch_max_ms),

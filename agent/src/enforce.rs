@@ -3,24 +3,29 @@
 //! reads the switch once per decision, so no syscall is ever checked
 //! against a half-written policy; if writing fails, the switch is not
 //! flipped and the previous policy stays in force. The slot that was active
-//! is emptied once the switch has moved on.
+//! is emptied once the switch has moved on; what cannot be removed is kept
+//! on record and removed before anything is written into that slot again,
+//! so no entry of an old policy ever points into a new one.
+
+mod layout;
+pub mod link_scan;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use tyr_common::policy::compile::bytes::{action_code, verdict_code};
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
+use tracing::warn;
+use tyr_common::policy::compile::bytes::verdict_code;
 use tyr_common::policy::compile::glob::GlobAutomaton;
-use tyr_common::policy::compile::{CompiledPolicy, MAX_CANDIDATES, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, RuleInfo};
+use tyr_common::policy::compile::{CompiledPolicy, MAX_CANDIDATES, MAX_PATH_CANDIDATES, RuleInfo};
 use tyr_common::policy::model::PolicySet;
 
 use crate::bpf::records::{tyr_glob, tyr_net_candidates, tyr_path_candidates, tyr_policy_slot};
 use crate::capture::{NetPolicyMaps, PathPolicyMaps, PolicyMaps};
 
-/// Entries each prefix trie holds (bpf/lib/net_policy.h).
-const TRIE_CAPACITY: usize = 16_384;
 /// Policy versions whose rule names stay resolvable for events still in the
 /// ring when newer versions are installed (a compiled policy is small).
 const VERSIONS_KEPT: usize = 256;
@@ -35,8 +40,8 @@ const GRACE: Duration = Duration::from_millis(20);
 pub enum InstallError {
     #[error("writing {map}: {source}")]
     Map { map: &'static str, source: libbpf_rs::Error },
-    #[error("{count} {what} prefixes; the kernel trie holds {TRIE_CAPACITY}")]
-    TooManyPrefixes { what: &'static str, count: usize },
+    #[error("{count} {what} prefixes; the kernel trie holds {capacity}")]
+    TooManyPrefixes { what: &'static str, count: usize, capacity: u32 },
 }
 
 /// The compiled policies events may refer to, by version, and the policy
@@ -78,7 +83,8 @@ impl PolicyVersions {
     }
 }
 
-/// What was written into one slot, so it can be emptied again.
+/// What was written into one slot and not removed yet, so it can be
+/// emptied again.
 #[derive(Debug, Default)]
 struct SlotContents {
     net4_keys: Vec<Vec<u8>>,
@@ -95,8 +101,9 @@ pub struct PolicyInstaller {
     active: Option<usize>,
     contents: [SlotContents; 2],
     versions: PolicyVersions,
-    /// Old slots that could not be emptied after a switch (the new policy
-    /// is in force regardless; the slot is emptied before its next use).
+    /// Slots that could not be emptied: after a switch (the new policy is
+    /// in force regardless), or before an install into them (which then
+    /// fails). What was not removed is retried before the slot's next use.
     pub clear_failures: u64,
     /// Switches after which the old slot was emptied following a fixed
     /// grace rather than a kernel RCU grace period.
@@ -111,6 +118,14 @@ pub struct PolicyInstaller {
 /// with `MEMBARRIER_CMD_GLOBAL` runs one (`synchronize_rcu`) when more than
 /// one CPU is online; on one CPU it returns at once, and nohz_full kernels
 /// refuse it, so there the fixed [`GRACE`] serves.
+impl PolicyInstaller {
+    /// A handle on the kernel's map of protected names kept on inodes, when
+    /// the BPF LSM hooks loaded (see [`link_scan`]).
+    pub fn inode_ids(&self) -> Option<MapHandle> {
+        self.maps.inode_ids.as_ref().and_then(|map| MapHandle::try_from(map).ok())
+    }
+}
+
 fn wait_for_old_readers() -> bool {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: sysconf(3) with a valid name has no preconditions.
@@ -124,29 +139,6 @@ fn wait_for_old_readers() -> bool {
     }
     std::thread::sleep(GRACE);
     false
-}
-
-/// The connect LPM key `{prefixlen, class (big-endian), addr}`.
-fn net_key(class: u32, prefix: u8, addr: IpAddr) -> Vec<u8> {
-    let mut key = Vec::with_capacity(24);
-    key.extend_from_slice(&(32 + u32::from(prefix)).to_ne_bytes());
-    key.extend_from_slice(&class.to_be_bytes());
-    match addr {
-        IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
-        IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
-    }
-    key
-}
-
-/// The path LPM key `{prefixlen, class, action (big-endian), path[PATH_KEY_BYTES]}`.
-fn path_key(class: u32, action: u32, bytes: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(12 + PATH_KEY_BYTES);
-    key.extend_from_slice(&(64 + 8 * bytes.len() as u32).to_ne_bytes());
-    key.extend_from_slice(&class.to_be_bytes());
-    key.extend_from_slice(&action.to_be_bytes());
-    key.extend_from_slice(bytes);
-    key.resize(12 + PATH_KEY_BYTES, 0);
-    key
 }
 
 fn map_error(map: &'static str) -> impl Fn(libbpf_rs::Error) -> InstallError {
@@ -217,18 +209,25 @@ impl PolicyInstaller {
 
     /// Installs `policy` (compiled from `source`) and makes it the one in force.
     pub fn install(&mut self, policy: Arc<CompiledPolicy>, source: Arc<PolicySet>) -> Result<(), InstallError> {
-        for (what, count) in [
-            ("IPv4", policy.net_prefixes.iter().filter(|p| p.cidr.addr.is_ipv4()).count()),
-            ("IPv6", policy.net_prefixes.iter().filter(|p| !p.cidr.addr.is_ipv4()).count()),
-            ("path", policy.path_prefixes.len()),
+        let (net, path) = (self.maps.net.as_ref(), self.maps.path.as_ref());
+        for (what, count, trie) in [
+            ("IPv4", policy.net_prefixes.iter().filter(|p| p.cidr.addr.is_ipv4()).count(), net.map(|n| &n.v4[0])),
+            ("IPv6", policy.net_prefixes.iter().filter(|p| !p.cidr.addr.is_ipv4()).count(), net.map(|n| &n.v6[0])),
+            ("path", policy.path_prefixes.len(), path.map(|p| &p.tries[0])),
         ] {
-            if count > TRIE_CAPACITY {
-                return Err(InstallError::TooManyPrefixes { what, count });
+            // The trie's own size, as the kernel created it.
+            let capacity = trie.map_or(u32::MAX, MapCore::max_entries);
+            if count > capacity as usize {
+                return Err(InstallError::TooManyPrefixes { what, count, capacity });
             }
         }
         let slot = self.active.map_or(0, |s| 1 - s);
-        // Whatever a failed install left here is removed first.
-        self.clear(slot)?;
+        // Whatever a failed install or clear left here is removed first:
+        // nothing is written next to an old policy's entries.
+        if let Err(error) = self.clear(slot) {
+            self.clear_failures += 1;
+            return Err(error);
+        }
         self.versions.insert(Arc::clone(&policy));
         self.write(slot, &policy)?;
 
@@ -240,8 +239,9 @@ impl PolicyInstaller {
             if !wait_for_old_readers() {
                 self.unsynchronised_swaps += 1;
             }
-            if self.clear(previous).is_err() {
+            if let Err(error) = self.clear(previous) {
                 self.clear_failures += 1;
+                warn!(%error, slot = previous, "old policy slot not emptied; retried before its next use");
             }
         }
         Ok(())
@@ -257,35 +257,75 @@ impl PolicyInstaller {
         let meta = tyr_policy_slot {
             version: u64::try_from(policy.version).unwrap_or(0),
             default_verdict: u32::from(verdict_code(policy.default_verdict)),
-            reserved: 0,
+            flags: slot_flags(policy),
         };
         put(&self.maps.slots, "tyr_policy_slots", slot as u32, &meta)
     }
 
-    /// Empties a slot that is not in force. Glob automata are only read
-    /// through list entries, so stale ones are harmless and overwritten.
+    /// Empties a slot that is not in force, as far as the kernel lets it:
+    /// what could not be removed stays in the slot's contents, for the next
+    /// clear to retry, and the first failure is returned. Glob automata are
+    /// only read through list entries, so stale ones are harmless and
+    /// overwritten.
     fn clear(&mut self, slot: usize) -> Result<(), InstallError> {
-        let contents = std::mem::take(&mut self.contents[slot]);
+        let contents = &mut self.contents[slot];
+        let mut failure = None;
         if let Some(net) = &self.maps.net {
-            for key in &contents.net4_keys {
-                net.v4[slot].delete(key).map_err(map_error("tyr_net4"))?;
-            }
-            for key in &contents.net6_keys {
-                net.v6[slot].delete(key).map_err(map_error("tyr_net6"))?;
-            }
-            for index in 0..contents.net_lists {
-                put(&net.lists[slot], "tyr_net_lists", index, &tyr_net_candidates::default())?;
-            }
+            remove_keys(&net.v4[slot], "tyr_net4", &mut contents.net4_keys, &mut failure);
+            remove_keys(&net.v6[slot], "tyr_net6", &mut contents.net6_keys, &mut failure);
+            reset_lists::<tyr_net_candidates>(&net.lists[slot], "tyr_net_lists", &mut contents.net_lists, &mut failure);
         }
         if let Some(path) = &self.maps.path {
-            for key in &contents.path_keys {
-                path.tries[slot].delete(key).map_err(map_error("tyr_path_trie"))?;
-            }
-            for index in 0..contents.path_lists {
-                put(&path.lists[slot], "tyr_path_lists", index, &tyr_path_candidates::default())?;
-            }
+            remove_keys(&path.tries[slot], "tyr_path_trie", &mut contents.path_keys, &mut failure);
+            reset_lists::<tyr_path_candidates>(
+                &path.lists[slot],
+                "tyr_path_lists",
+                &mut contents.path_lists,
+                &mut failure,
+            );
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Deletes `keys` from `map`, keeping those whose delete failed (a key
+/// already gone is removed); the first failure goes to `failure`.
+fn remove_keys(map: &MapHandle, name: &'static str, keys: &mut Vec<Vec<u8>>, failure: &mut Option<InstallError>) {
+    keys.retain(|key| match delete_key(map, key) {
+        Ok(()) => false,
+        Err(source) => {
+            failure.get_or_insert(InstallError::Map { map: name, source });
+            true
+        }
+    });
+}
+
+fn delete_key(map: &MapHandle, key: &[u8]) -> Result<(), libbpf_rs::Error> {
+    #[cfg(test)]
+    tests::injected_delete_failure()?;
+    match map.delete(key) {
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
+/// Resets the first `*count` entries of a candidate list array to empty
+/// lists; `*count` stays as it was when any reset failed, so all are retried.
+fn reset_lists<T: plain::Plain + Default>(
+    map: &MapHandle,
+    name: &'static str,
+    count: &mut u32,
+    failure: &mut Option<InstallError>,
+) {
+    let mut failed = false;
+    for index in 0..*count {
+        if let Err(error) = put(map, name, index, &T::default()) {
+            failure.get_or_insert(error);
+            failed = true;
+        }
+    }
+    if !failed {
+        *count = 0;
     }
 }
 
@@ -297,10 +337,10 @@ fn write_net(
 ) -> Result<(), InstallError> {
     for (index, list) in policy.net_lists.iter().enumerate() {
         put(&maps.lists[slot], "tyr_net_lists", index as u32, &net_list(list))?;
-        contents.net_lists = index as u32 + 1;
+        contents.net_lists = contents.net_lists.max(index as u32 + 1);
     }
     for prefix in &policy.net_prefixes {
-        let key = net_key(prefix.class, prefix.cidr.prefix, prefix.cidr.addr);
+        let key = layout::net_key(prefix.class, prefix.cidr.prefix, prefix.cidr.addr);
         let (map, keys) = if prefix.cidr.addr.is_ipv4() {
             (&maps.v4[slot], &mut contents.net4_keys)
         } else {
@@ -325,12 +365,21 @@ fn write_path(
     }
     for (index, list) in policy.path_lists.iter().enumerate() {
         put(&maps.lists[slot], "tyr_path_lists", index as u32, &path_list(list))?;
-        contents.path_lists = index as u32 + 1;
+        contents.path_lists = contents.path_lists.max(index as u32 + 1);
     }
     for prefix in &policy.path_prefixes {
-        let key = path_key(prefix.class, u32::from(action_code(prefix.action)), &prefix.bytes);
+        let key = layout::path_key(prefix.class, prefix.action, &prefix.bytes);
         maps.tries[slot].update(&key, &prefix.list.to_ne_bytes(), MapFlags::ANY).map_err(map_error("tyr_path_trie"))?;
         contents.path_keys.push(key);
     }
     Ok(())
+}
+
+/// What the kernel needs to know about a policy as a whole: whether it can
+/// deny (a governed process the kernel cannot decide for is then refused).
+fn slot_flags(policy: &CompiledPolicy) -> u32 {
+    use tyr_common::policy::model::Verdict;
+    let denies =
+        policy.default_verdict == Verdict::Deny || policy.rules.iter().any(|rule| rule.verdict == Verdict::Deny);
+    if denies { crate::bpf::records::tyr_slot_flag::TYR_SLOT_DENIES.0 } else { 0 }
 }

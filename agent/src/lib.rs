@@ -14,5 +14,7 @@ pub mod kinds;
 pub mod metrics;
 pub mod observe;
 pub mod pipeline;
+pub mod private_fs;
+pub mod redact;
 pub mod sink;
 pub mod spool;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 
 use tokio_util::sync::CancellationToken;
-use tyr_agent::capture::{Capture, CaptureConfig};
+use tyr_agent::capture::{AGENT_USERNS_ENV, AgentUserns, Capture, CaptureConfig};
 use tyr_agent::capture_loop::CaptureLoopConfig;
 use tyr_agent::config::{ConfigOverrides, DaemonConfig, Secret};
 use tyr_agent::daemon;
@@ -110,6 +110,11 @@ struct ObserveArgs {
     /// without --policy.
     #[arg(long, env = "TYR_UNREGISTERED_AGENTS", value_enum, default_value_t = UnregisteredAgents::Audit)]
     unregistered_agents: UnregisteredAgents,
+    /// Whether governed agents may create user namespaces (where they get
+    /// mount and chroot rights): allow, or deny (needs BPF LSM). File rules
+    /// hold inside namespaces either way.
+    #[arg(long, env = AGENT_USERNS_ENV, value_enum, default_value_t = AgentUserns::Allow)]
+    agent_userns: AgentUserns,
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +136,7 @@ struct RunArgs {
     server: Option<String>,
     /// Enrollment token, needed on first boot (prefer TYR_TOKEN: flags show in ps).
     #[arg(long)]
-    token: Option<String>,
+    token: Option<Secret>,
     /// Pin of the server CA, sha256:<hex>, as `tyr-server token create` prints it.
     #[arg(long)]
     ca_pin: Option<String>,
@@ -175,7 +180,7 @@ impl RunArgs {
     fn overrides(self) -> ConfigOverrides {
         ConfigOverrides {
             server: self.server,
-            token: self.token.map(Secret::new),
+            token: self.token,
             ca_pin: self.ca_pin,
             ca_file: self.ca_file,
             name: self.name,
@@ -245,7 +250,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kinds = if args.kinds.is_empty() { KindSet::all() } else { args.kinds.iter().copied().collect() };
             let options = ObserveOptions {
                 capture_loop: CaptureLoopConfig {
-                    capture: CaptureConfig { kinds, comms: args.comms, pids: args.pids, ring_bytes, enforce: false },
+                    capture: CaptureConfig {
+                        kinds,
+                        comms: args.comms,
+                        pids: args.pids,
+                        ring_bytes,
+                        enforce: false,
+                        agent_userns_deny: args.agent_userns == AgentUserns::Deny,
+                    },
                     batch: BatchPolicy {
                         max_events: args.batch_max_events as usize,
                         max_delay: Duration::from_millis(args.batch_max_ms),

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture_loop::LiveCounters;
+use crate::capture_loop::{Counters, LiveCounters};
 use crate::client::session::LinkStats;
 use crate::sink::SpoolSinkCounters;
 use crate::spool::Spool;
@@ -117,6 +117,7 @@ impl Collector for DaemonSources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
         let capture = self.capture.snapshot();
+        bounds(e, &capture)?;
         by_kind(e, "tyrd_events_seen", "Kernel records decoded, by kind (before userspace filters)", capture.seen)?;
         by_kind(e, "tyrd_events_lost", "Records the kernel could not emit (ring buffer full), by kind", capture.lost)?;
         by_kind(
@@ -124,6 +125,37 @@ impl Collector for DaemonSources {
             "tyrd_events_undecided",
             "Operations let through unchecked by policy (no kernel scratch space), by kind",
             capture.undecided,
+        )?;
+        by_kind(
+            e,
+            "tyrd_events_refused_undecided",
+            "Operations of governed processes refused because the kernel could not decide them (fail closed), by kind",
+            capture.refused,
+        )?;
+        let kernel = capture.kernel;
+        counter(
+            e,
+            "tyrd_kernel_agents_full",
+            "Forks whose agent class found the kernel's agent map full (kept governed through task storage)",
+            kernel.agents_full,
+        )?;
+        counter(
+            e,
+            "tyrd_kernel_task_scratch",
+            "Kernel decisions made in per-task scratch because the CPU's was held",
+            kernel.task_scratch,
+        )?;
+        counter(
+            e,
+            "tyrd_kernel_identity_unmapped",
+            "File identities on a filesystem tyrd's mount namespace does not show",
+            kernel.identity_unmapped,
+        )?;
+        counter(
+            e,
+            "tyrd_kernel_identity_deep",
+            "File identities deeper or longer than the kernel's walk",
+            kernel.identity_deep,
         )?;
         counter(e, "tyrd_undecodable_records", "Kernel records that did not decode", capture.decode_failed)?;
         counter(
@@ -229,6 +261,54 @@ impl Collector for DaemonSources {
     }
 }
 
+/// What tyrd's bounds dropped or refused, so a flood is never silent:
+/// the agent registry, per-process caches and executable hashing.
+fn bounds(e: &mut DescriptorEncoder, capture: &Counters) -> Result<(), std::fmt::Error> {
+    let counters = [
+        (
+            "tyrd_agents_refused",
+            "Agents not registered because the registry was full (governed by type all the same)",
+            capture.agents_refused,
+        ),
+        (
+            "tyrd_agent_claims_ignored",
+            "Confident classifications not followed because the process was already governed as an agent",
+            capture.agent_claims_ignored,
+        ),
+        (
+            "tyrd_agent_moves_refused",
+            "Kernel agent entries left alone because a write would have made them less strict",
+            capture.agent_moves_refused,
+        ),
+        ("tyrd_agent_save_failures", "Failed writes of the discovered-agents file", capture.agent_save_failures),
+        ("tyrd_processes_evicted", "Processes evicted from the process cache", capture.processes_evicted),
+        ("tyrd_agent_processes_evicted", "Processes evicted from the agent tracker", capture.agent_processes_evicted),
+        ("tyrd_exe_hashed", "Executables hashed", capture.exe_hashed),
+        ("tyrd_exe_hash_evicted", "Digests evicted from the executable hash cache", capture.exe_hash_evicted),
+        ("tyrd_exe_hash_too_large", "Executables not hashed for their size", capture.exe_hash_too_large),
+        (
+            "tyrd_exe_hash_queue_full",
+            "Hash requests dropped on a full queue (asked again at the next exec)",
+            capture.exe_hash_queue_full,
+        ),
+        ("tyrd_exe_hash_failed", "Executables that could not be read or changed while hashed", capture.exe_hash_failed),
+        (
+            "tyrd_environ_cut",
+            "Environment blocks longer than tyrd reads (marker names past the bound unseen)",
+            crate::detect::environ::environ_cut(),
+        ),
+        (
+            "tyrd_state_dirs_exposed",
+            "Directories tyrd writes into, not created by it, open to other users (left unchanged)",
+            crate::private_fs::exposed_dirs(),
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(e, name, help, value)?;
+    }
+    Ok(())
+}
+
 /// Binds the metrics address (before anything else starts, so that a
 /// taken port fails the start rather than going unnoticed).
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
@@ -276,14 +356,17 @@ mod tests {
         let text = metrics.encode(Format::PrometheusText).expect("encodes");
         assert!(text.contains("tyrd_events_seen_total{kind=\"file_read\"} 0\n"), "{text}");
         assert!(text.contains("tyrd_connected_streams 0\n"), "{text}");
+        assert!(text.contains("tyrd_agents_refused_total 0\n"), "{text}");
 
         sources.capture.applied_policy_version.store(42, Ordering::Relaxed);
         sources.link.reconnects.fetch_add(3, Ordering::Relaxed);
         sources.sink.events_truncated.fetch_add(2, Ordering::Relaxed);
+        sources.capture.processes_evicted.store(5, Ordering::Relaxed);
         let text = metrics.encode(Format::PrometheusText).expect("encodes");
         assert!(text.contains("tyrd_applied_policy_version 42\n"), "{text}");
         assert!(text.contains("tyrd_reconnects_total 3\n"), "{text}");
         assert!(text.contains("tyrd_truncated_events_total 2\n"), "{text}");
+        assert!(text.contains("tyrd_processes_evicted_total 5\n"), "{text}");
         let open = metrics.encode(Format::OpenMetrics).expect("encodes");
         assert!(open.contains("# TYPE tyrd_reconnects counter\n") && open.ends_with("# EOF\n"), "{open}");
         let _ = std::fs::remove_dir_all(&dir);

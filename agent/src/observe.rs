@@ -115,6 +115,10 @@ pub fn run(options: ObserveOptions) -> anyhow::Result<Counters> {
     let mut config = options.capture_loop;
     let seq = SeqAllocator::persistent(&config.state_dir)
         .with_context(|| format!("state directory {}", config.state_dir.display()))?;
+    if crate::private_fs::exposed_dirs() > 0 {
+        // The log says so only at warn level; a console user sees it here.
+        eprintln!("tyrd: state directory {} is open to other users (left unchanged)", config.state_dir.display());
+    }
     let restriction = config.unregistered_agents.restriction();
     // A policy file, or unregistered agents to restrict, need the enforcing hooks.
     config.capture.enforce = options.policy.is_some() || restriction.is_some();

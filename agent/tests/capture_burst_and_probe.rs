@@ -131,3 +131,20 @@ fn probe_reports_hooks_and_the_file_open_fallback() {
     assert_eq!(meta(&event, "source"), expected_source);
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn enforce_net_is_false_when_a_connect_hook_does_not_attach() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tyrd"))
+        .arg("probe")
+        .env("TYRD_FAULT_INJECT", "connect-attach")
+        .output()
+        .expect("tyrd probe");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let hooks = report["hooks"].as_array().expect("hooks");
+    let hook = |name: &str| hooks.iter().find(|h| h["name"] == name).unwrap_or_else(|| panic!("hook {name} reported"));
+    assert_eq!(hook("cgroup/connect4")["attached"], false, "{}", hook("cgroup/connect4"));
+    assert!(field(hook("cgroup/connect4"), "error").contains("fault injection"));
+    assert_eq!(hook("cgroup/connect6")["attached"], true, "the other family still attaches");
+    assert_eq!(report["enforce_net"], false, "connect rules cannot hold with one family unguarded");
+}

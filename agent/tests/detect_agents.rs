@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use support::{Observer, field, marker, meta};
+use support::{Observer, compile_standin, field, install_copy, marker, meta};
 
 /// A small program standing in for an agent binary: it waits (so tyrd can
 /// read its environment), optionally reads and creates files and runs a
@@ -39,26 +39,12 @@ int main(void) {
 
 fn standin_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(marker("tyr-standin-"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("standin.c"), STANDIN_C).expect("source");
-        let status = Command::new("gcc")
-            .args(["-O2", "-o"])
-            .arg(dir.join("standin"))
-            .arg(dir.join("standin.c"))
-            .status()
-            .expect("gcc");
-        assert!(status.success(), "compile the stand-in");
-        dir.join("standin")
-    })
+    BINARY.get_or_init(|| compile_standin("tyr-standin-", STANDIN_C))
 }
 
 /// Installs the stand-in at `path` (directories created).
 fn install(path: &Path) -> PathBuf {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
-    std::fs::copy(standin_binary(), path).expect("copy stand-in");
-    path.to_path_buf()
+    install_copy(standin_binary(), path)
 }
 
 /// The secret every stand-in's API keys are set to; it must never appear

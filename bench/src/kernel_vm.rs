@@ -264,3 +264,24 @@ pub fn result_lines(console: &str) -> Vec<VmLine> {
 pub fn prefixed<'c>(console: &'c str, prefix: &'c str) -> impl Iterator<Item = &'c str> + 'c {
     console.lines().filter_map(move |line| line.split_once(prefix).map(|(_, rest)| rest))
 }
+
+/// The result line of `test` for `path` (panics, naming both, when absent).
+pub fn find_line<'l>(lines: &'l [VmLine], test: &str, path: &str) -> &'l VmLine {
+    lines
+        .iter()
+        .find(|l| l.test == test && l.fields.get("path").map(String::as_str) == Some(path))
+        .unwrap_or_else(|| panic!("no result for {test} {path}"))
+}
+
+/// EPERM, as the test program prints errnos.
+pub const EPERM: i64 = 1;
+
+/// An image in `work` with this build's tyrd as /bin/tyrd and the static
+/// test program as /bin/probe: what every enforcement VM test starts from.
+pub fn tyrd_image(work: &Path) -> io::Result<Image> {
+    let image = Image::new(work)?;
+    image.add_executable(&tyrd_binary()?, "/bin/tyrd")?;
+    let probe = std::fs::read(compile_probe(work)?)?;
+    image.add_file("/bin/probe", &probe, 0o755)?;
+    Ok(image)
+}

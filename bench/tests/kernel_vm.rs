@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tyr_bench::kernel_vm::{Image, VmLine, boot, compile_probe, debian_kernel, prefixed, result_lines, tyrd_binary};
+use tyr_bench::kernel_vm::{EPERM, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
 
 const MAIN_POLICY: &str = r#"name: vm-main
 default_verdict: allow
@@ -136,23 +136,11 @@ sleep 1; stop_tyrd; events /ev4.json
     )
 }
 
-fn find<'l>(lines: &'l [VmLine], test: &str, path: &str) -> &'l VmLine {
-    lines
-        .iter()
-        .find(|l| l.test == test && l.fields.get("path").map(String::as_str) == Some(path))
-        .unwrap_or_else(|| panic!("no result for {test} {path}"))
-}
-
-const EPERM: i64 = 1;
-
 #[test]
 fn bpf_lsm_enforcement_in_a_kernel_vm() {
     let work = std::env::temp_dir().join(format!("tyr-kernel-vm-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work dir");
-    let image = Image::new(&work).expect("image");
-    image.add_executable(&tyrd_binary().expect("tyrd"), "/bin/tyrd").expect("tyrd in the image");
-    let probe = std::fs::read(compile_probe(&work).expect("probe")).expect("probe");
-    image.add_file("/bin/probe", &probe, 0o755).expect("probe");
+    let image = tyrd_image(&work).expect("image with tyrd and the test program");
     image.add_file("/policy-main.yaml", MAIN_POLICY.as_bytes(), 0o644).expect("policy");
     image.add_file("/policy-a.yaml", swap_policy('a', "a", "b").as_bytes(), 0o644).expect("policy a");
     image.add_file("/policy-b.yaml", swap_policy('b', "b", "a").as_bytes(), 0o644).expect("policy b");
@@ -187,14 +175,14 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
     }
 
     // Files and execs: denied ones fail with EPERM in the kernel, allowed ones work.
-    assert_eq!(find(&lines, "open", "/work/secret/key").num("errno"), Some(EPERM), "{console}");
-    assert_eq!(find(&lines, "open", "/work/open/file").num("errno"), Some(0));
-    assert_eq!(find(&lines, "write", "/work/secret/key").num("errno"), Some(0), "alert lets the write through");
+    assert_eq!(find_line(&lines, "open", "/work/secret/key").num("errno"), Some(EPERM), "{console}");
+    assert_eq!(find_line(&lines, "open", "/work/open/file").num("errno"), Some(0));
+    assert_eq!(find_line(&lines, "write", "/work/secret/key").num("errno"), Some(0), "alert lets the write through");
     // Read and write: the read rule's deny is stricter than the write rule's alert.
-    assert_eq!(find(&lines, "rdwr", "/work/secret/key").num("errno"), Some(EPERM));
-    assert_eq!(find(&lines, "exec", "/work/bin/forbidden").num("errno"), Some(EPERM));
-    assert_eq!(find(&lines, "exec", "/bin/true").num("errno"), Some(0));
-    assert_eq!(find(&lines, "exec", "/work/bin/alerted.sh").num("errno"), Some(0), "alert lets the script run");
+    assert_eq!(find_line(&lines, "rdwr", "/work/secret/key").num("errno"), Some(EPERM));
+    assert_eq!(find_line(&lines, "exec", "/work/bin/forbidden").num("errno"), Some(EPERM));
+    assert_eq!(find_line(&lines, "exec", "/bin/true").num("errno"), Some(0));
+    assert_eq!(find_line(&lines, "exec", "/work/bin/alerted.sh").num("errno"), Some(0), "alert lets the script run");
     // Globs: the kernel's automaton decides every path as the model does.
     let policy = tyr_common::policy::parse_policy("main.yaml", MAIN_POLICY).expect("policy");
     let mut denied_globs = 0;
@@ -202,13 +190,13 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
         let model = policy.base.decide(&tyr_common::policy::Request::File { write: false, path });
         let denied = model.verdict == tyr_common::policy::Verdict::Deny;
         denied_globs += usize::from(denied);
-        let errno = find(&lines, "open", path).num("errno");
+        let errno = find_line(&lines, "open", path).num("errno");
         assert_eq!(errno, Some(if denied { EPERM } else { 0 }), "{path}: the model says {:?}", model.verdict);
     }
     assert!((5..GLOB_PATHS.len() - 3).contains(&denied_globs), "{denied_globs} glob paths denied: both kinds needed");
     // The overlay governs only its agent: a plain process may read what claude-code may not.
-    assert_eq!(find(&lines, "open", "/work/agent-secret/key").num("errno"), Some(0));
-    let child = find(&lines, "governed-child", "/work/agent-secret/key");
+    assert_eq!(find_line(&lines, "open", "/work/agent-secret/key").num("errno"), Some(0));
+    let child = find_line(&lines, "governed-child", "/work/agent-secret/key");
     assert_eq!(child.num("parent_errno"), Some(EPERM), "the stand-in was classified as claude-code: {child:?}");
     assert_eq!(child.num("child_errno"), Some(EPERM), "the child is governed from its first syscall: {child:?}");
 
@@ -284,10 +272,10 @@ fn bpf_lsm_enforcement_in_a_kernel_vm() {
 
     // Unregistered agents: quarantine refuses writes outside scratch space,
     // deny refuses everything; children included.
-    let quarantined = find(&lines, "governed-child", "/work/open/out");
+    let quarantined = find_line(&lines, "governed-child", "/work/open/out");
     assert_eq!((quarantined.num("parent_errno"), quarantined.num("child_errno")), (Some(EPERM), Some(EPERM)));
     event("/work/open/out", "quarantine-default-file-write");
-    let denied_agent = find(&lines, "governed-child", "/work/open/file");
+    let denied_agent = find_line(&lines, "governed-child", "/work/open/file");
     assert_eq!((denied_agent.num("parent_errno"), denied_agent.num("child_errno")), (Some(EPERM), Some(EPERM)));
     let e = event("/work/open/file", "unregistered-agents-deny-file-read");
     assert_eq!(e["metadata"]["unregistered_agent"], "true", "{e}");

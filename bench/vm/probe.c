@@ -18,7 +18,20 @@
  *                               exists; counts per path and result (paced
  *                               so tyrd, emulated, keeps up with the events)
  *   probe bench N PATH          N open()+close() of PATH: ns per pair
+ *   probe agent MARKER OP...    wait until this process is refused reading
+ *                               MARKER (its agent was classified), then each
+ *                               OP in turn, one line each ("TYR-VM agent-<op>
+ *                               path=... errno=..."); with MARKER "-", no
+ *                               wait and lines "TYR-VM plain-<op> ...":
+ *                                 open:PATH  link:FROM:TO  rename:FROM:TO
+ *                                 mount:DIR (a tmpfs over DIR)
+ *                                 bind:UID:DIR:MNT:FILE (as UID, in a new user
+ *                                   and mount namespace, bind DIR on MNT, open
+ *                                   MNT/FILE)
+ *                                 chroot:UID:ROOT:FILE (as UID, in a new user
+ *                                   namespace, chroot to ROOT, open FILE)
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -27,6 +40,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -90,6 +106,77 @@ static int governed(const char *test, const char *key, const char *value, const 
 	return 0;
 }
 
+static int write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return errno;
+	int err = write(fd, text, strlen(text)) < 0 ? errno : 0;
+	close(fd);
+	return err;
+}
+
+/* Becomes UID, then root of a new user namespace (and mount namespace when
+ * `mounts`): what an unprivileged agent can do with `unshare -Urm`. */
+static int unprivileged_namespace(int uid, int mounts)
+{
+	char map[64];
+	if (setgid(uid) || setuid(uid))
+		return errno;
+	/* Changing uid made the process undumpable, its /proc files root's. */
+	prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+	if (unshare(CLONE_NEWUSER | (mounts ? CLONE_NEWNS : 0)))
+		return errno;
+	snprintf(map, sizeof(map), "0 %d 1\n", uid);
+	if (write_file("/proc/self/setgroups", "deny") || write_file("/proc/self/uid_map", map) ||
+	    write_file("/proc/self/gid_map", map))
+		return errno ? errno : EPERM;
+	if (mounts && mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL))
+		return errno;
+	return 0;
+}
+
+/* One OP of `probe agent`, in a child for the namespace ones; prints its line. */
+static void agent_op(const char *who, char *op)
+{
+	char *fields[5] = { 0 };
+	int n = 0;
+	for (char *field = strtok(op, ":"); field && n < 5; field = strtok(NULL, ":"))
+		fields[n++] = field;
+	int err = EINVAL;
+	const char *path = n > 1 ? fields[1] : "";
+	if (!strcmp(fields[0], "open") && n == 2) {
+		err = try_open(path, O_RDONLY);
+	} else if (!strcmp(fields[0], "link") && n == 3) {
+		err = link(fields[1], fields[2]) ? errno : 0;
+	} else if (!strcmp(fields[0], "rename") && n == 3) {
+		err = rename(fields[1], fields[2]) ? errno : 0;
+	} else if (!strcmp(fields[0], "mount") && n == 2) {
+		err = mount("tmpfs", fields[1], "tmpfs", 0, NULL) ? errno : 0;
+	} else if ((!strcmp(fields[0], "bind") && n == 5) || (!strcmp(fields[0], "chroot") && n == 4)) {
+		int bind = !strcmp(fields[0], "bind");
+		path = fields[n - 1];
+		fflush(stdout);
+		pid_t child = fork();
+		if (child == 0) {
+			int setup = unprivileged_namespace(atoi(fields[1]), bind);
+			char target[4096];
+			if (!setup && bind)
+				setup = mount(fields[2], fields[3], NULL, MS_BIND | MS_REC, NULL) ? errno : 0;
+			if (!setup && !bind)
+				setup = chroot(fields[2]) || chdir("/") ? errno : 0;
+			snprintf(target, sizeof(target), "%s/%s", bind ? fields[3] : "", fields[n - 1]);
+			int opened = setup ? -1 : try_open(target, O_RDONLY);
+			printf("TYR-VM %s-%s path=%s setup_errno=%d errno=%d\n", who, fields[0], target, setup, opened);
+			exit(0);
+		}
+		int status;
+		waitpid(child, &status, 0);
+		return;
+	}
+	printf("TYR-VM %s-%s path=%s errno=%d\n", who, fields[0], path, err);
+}
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -120,6 +207,22 @@ int main(int argc, char **argv)
 		struct operation op = { .path = argv[2] };
 		op.flags = argc > 3 && !strcmp(argv[3], "write") ? (O_WRONLY | O_CREAT) : O_RDONLY;
 		return governed("governed-child", "path", argv[2], &op, EPERM);
+	}
+	if (!strcmp(mode, "agent") && argc >= 3) {
+		int governed = strcmp(argv[2], "-") != 0;
+		if (governed) {
+			struct operation marker = { .path = argv[2], .flags = O_RDONLY };
+			int waited = 0;
+			while (attempt(&marker) != EPERM && waited < 400) {
+				usleep(25000);
+				waited++;
+			}
+			printf("TYR-VM agent-ready marker=%s errno=%d waited_ms=%d\n", argv[2], attempt(&marker),
+			       waited * 25);
+		}
+		for (int i = 3; i < argc; i++)
+			agent_op(governed ? "agent" : "plain", argv[i]);
+		return 0;
 	}
 	if (!strcmp(mode, "connect") && argc >= 4) {
 		printf("TYR-VM connect ip=%s errno=%d\n", argv[2], try_connect(argv[2], argv[3]));

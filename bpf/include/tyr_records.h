@@ -36,6 +36,43 @@ enum tyr_file_source {
 	TYR_FILE_SOURCE_SYSCALL = 2, /* openat/openat2/open/creat tracepoints */
 };
 
+/* What a file record's operation was. */
+enum tyr_file_op {
+	TYR_FILE_OP_OPEN = 0,
+	TYR_FILE_OP_LINK = 1,   /* path: the existing file; name: the new link */
+	TYR_FILE_OP_RENAME = 2, /* path: the old name; name: the new one */
+	TYR_FILE_OP_MOUNT = 3,  /* path: the mountpoint; name: the source as given */
+	TYR_FILE_OP_USERNS = 4, /* a user namespace created; no path */
+};
+
+/* Which name of a file its verdict was decided on. */
+enum tyr_decided_on {
+	TYR_DECIDED_ON_PATH = 0,     /* the path as asked for */
+	TYR_DECIDED_ON_IDENTITY = 1, /* the file's identity: its path in tyrd's mount namespace */
+};
+
+/* Why the kernel could not decide an operation; a governed process is
+ * refused, any other let through (both counted). */
+enum tyr_failsafe_reason {
+	TYR_FAILSAFE_NONE = 0,
+	TYR_FAILSAFE_NO_SCRATCH = 1,   /* no per-CPU or per-task scratch space */
+	TYR_FAILSAFE_COUNT = 2,
+};
+
+/* Kernel-side health counters (tyr_health), by index. */
+enum tyr_health_counter {
+	TYR_HEALTH_AGENTS_FULL = 0,     /* a fork's agent class found no room in tyr_agents */
+	TYR_HEALTH_TASK_SCRATCH = 1,    /* decisions made in per-task scratch (per-CPU was busy) */
+	TYR_HEALTH_IDENTITY_UNMAPPED = 2, /* identities on a filesystem tyrd's namespace does not mount */
+	TYR_HEALTH_IDENTITY_DEEP = 3,   /* identities deeper than the walk bound */
+	TYR_HEALTH_COUNT = 4,
+};
+
+/* Fault injection bits (tyr_config.fault_inject), for tests. */
+enum tyr_fault {
+	TYR_FAULT_SCRATCH = 1, /* every scratch claim of a policy decision fails */
+};
+
 /* Verdicts, numbered as tyr.v1.Verdict. */
 #define TYR_VERDICT_ALLOW 1
 #define TYR_VERDICT_DENY 2
@@ -44,6 +81,7 @@ enum tyr_file_source {
 /* Header flags. */
 #define TYR_F_TRUNCATED (1U << 0)   /* variable data was cut at its bound */
 #define TYR_F_OWNER_UNKNOWN (1U << 1) /* TLS: no process known for the socket */
+#define TYR_F_DIRECTORY (1U << 2) /* a directory's rename or mount, decided as everything below it */
 
 #define TYR_COMM_LEN 16
 /* Bounds of the variable-length parts. */
@@ -101,10 +139,16 @@ struct tyr_exit_fixed {
 	__u32 reserved;
 };
 
-/* data: path (path_len bytes), then name (name_len bytes).
+/* data: path (path_len bytes), then name (name_len bytes), then identity
+ * (identity_len bytes).
  * After a successful open, path is the opened file's absolute path and name
  * is empty. After a failed one, name is the path as the caller passed it and
- * path the directory it is relative to (empty when name is absolute). */
+ * path the directory it is relative to (empty when name is absolute).
+ * From the LSM hooks, identity is the file's path in tyrd's mount namespace
+ * when the path asked for may differ from it (another mount namespace, a
+ * bind mount, a chroot); decided_on says which of the two the verdict (the
+ * stricter) came from. Links, renames and mounts use name for the other
+ * path of the operation. */
 struct tyr_file_fixed {
 	struct tyr_record_header hdr;
 	__s32 result;     /* fd, or -errno */
@@ -112,8 +156,13 @@ struct tyr_file_fixed {
 	__u16 path_len;
 	__u16 name_len;
 	__u16 source;     /* enum tyr_file_source */
-	__u16 reserved;
-	struct tyr_policy_decision decision; /* lsm/file_open only */
+	__u8 op;          /* enum tyr_file_op */
+	__u8 decided_on;  /* enum tyr_decided_on */
+	struct tyr_policy_decision decision; /* LSM hooks only */
+	__u16 identity_len; /* bytes of identity after name (0: the path is the identity) */
+	__u8 failsafe;      /* enum tyr_failsafe_reason */
+	__u8 reserved;
+	__u32 reserved2;
 };
 
 struct tyr_connect_fixed {
@@ -240,7 +289,29 @@ struct tyr_glob {
 struct tyr_policy_slot {
 	__u64 version;         /* policy_version */
 	__u32 default_verdict; /* verdict when no rule matches */
-	__u32 reserved;
+	__u32 flags;           /* TYR_SLOT_* */
+};
+
+enum tyr_slot_flag {
+	/* The slot's policy can deny: governed processes it cannot decide for are refused. */
+	TYR_SLOT_DENIES = 1,
+};
+
+/* Where a filesystem sits in tyrd's mount namespace, for identities: the
+ * key is the filesystem (its s_dev) and the directory of it a mount shows
+ * (with a trailing '/'; empty for its root); the value the mountpoint. */
+#define TYR_MOUNT_KEY 248
+#define TYR_MOUNTPOINT_MAX 256
+struct tyr_mount_key {
+	__u32 prefixlen; /* 32 (dev) + 8 * bytes of root */
+	__u32 dev;       /* big-endian kernel dev_t: major << 20 | minor */
+	__u8 root[TYR_MOUNT_KEY];
+};
+
+struct tyr_mount_value {
+	__u32 root_components; /* path components of the root (0 for the filesystem's root) */
+	__u32 len;             /* bytes of mountpoint, "" for "/" */
+	char mountpoint[TYR_MOUNTPOINT_MAX];
 };
 
 /* Settings, written by tyrd into the config map before attaching. */
@@ -251,6 +322,10 @@ struct tyr_config {
 	__u32 self_tgid;       /* tyrd itself, never traced */
 	__u32 policy_unfiltered; /* nonzero: the open tracepoints and TLS capture ignore the kind,
 				  * comm and pid filters: tyrd decides policy from their records */
+	__u32 fault_inject;    /* enum tyr_fault bits; 0 outside tests */
+	__u32 init_mnt_ns;     /* inode number of tyrd's mount namespace */
+	__u32 agent_userns_deny; /* nonzero: governed agents may not create user namespaces */
+	__u32 known_classes;   /* agent type classes 1..=known_classes exist (the known-agent table) */
 	__u32 reserved;
 	__u64 ring_size;       /* bytes of the tyr_events ring */
 	__u64 ring_headroom;   /* space kept for process lifecycle records */

@@ -94,6 +94,42 @@ struct {
 	__type(value, __u64);
 } tyr_undecided SEC(".maps");
 
+/* Operations of governed processes refused because the kernel could not
+ * decide them (fail closed), per event kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TYR_KIND_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} tyr_refused SEC(".maps");
+
+/* enum tyr_health_counter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TYR_HEALTH_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} tyr_health SEC(".maps");
+
+/* Process -> agent class where tyr_agents had no room for a fork's child,
+ * on the thread group leader: the child stays governed (LSM hooks read it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tyr_agent_class);
+} tyr_task_agents SEC(".maps");
+
+/* Where each filesystem sits in tyrd's mount namespace (see tyr_mount_key),
+ * written by tyrd from its mountinfo: file identities are built from it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tyr_mount_key);
+	__type(value, struct tyr_mount_value);
+} tyr_mounts SEC(".maps");
+
 /* Socket cookie -> owning process, written at connect, read on egress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -104,16 +140,93 @@ struct {
 
 /* Room for the largest fixed part of any record. */
 #define TYR_FIXED_MAX 128
+/* Paths are written into a scratch record at offsets below this (a fixed
+ * part, then up to three names), each up to TYR_PATH_MAX bytes plus the
+ * NAME_MAX-sized read that may overrun it. */
+#define TYR_BASE_LIMIT 16384
+#define TYR_BASE_MASK (TYR_BASE_LIMIT - 1)
+
+/* Most names x actions of one operation (see lib/file_decide.h). */
+#define TYR_CHECKS 8
+
+/* One name, one action. */
+struct tyr_check {
+	__u32 base;   /* the name: len bytes at s->rec + base */
+	__u32 len;
+	__u16 action; /* TYR_ACTION_* */
+	__u8 how;     /* TYR_DECIDE_SUBTREE, or 0 */
+	__u8 name;    /* enum tyr_decided_on */
+};
+
+/* The names and actions of one operation, and the strictest decision. */
+struct tyr_checks {
+	__u32 slot;
+	__u32 class;
+	__u32 on_task;
+	__u32 count;
+	struct tyr_check list[TYR_CHECKS];
+	struct tyr_policy_decision best;
+	__u32 best_action; /* the action of the best decision */
+	__u32 best_name;   /* enum tyr_decided_on */
+};
+
+/* A path walk in progress (lib/path.h). */
+struct tyr_walk {
+	__u64 mnt;    /* struct mount * */
+	__u64 dentry; /* struct dentry * */
+	__u32 depth;
+	__u32 finished;
+	__u32 cross_mounts; /* 0: stop at the filesystem's root (identities) */
+	__u32 reserved;
+};
+
+/* Components of a walk being written out as a path (lib/path.h). */
+struct tyr_write {
+	__u32 depth;  /* components collected */
+	__u32 skip;   /* components left out from the top */
+	__u32 base;   /* offset of the output in s->rec */
+	__u32 len;    /* bytes written so far */
+	__u32 truncated;
+	__u32 reserved;
+};
+
+/* Names an operation needs resolved (lib/names.h), written one after the
+ * other from a base offset of the record. */
+#define TYR_NAME_JOBS 4
+struct tyr_name_job {
+	__u64 mnt;    /* struct vfsmount * */
+	__u64 dentry; /* struct dentry *, or the string of TYR_NAME_STRING */
+	__u64 child;  /* TYR_NAME_CHILD: the struct dentry * below dentry */
+	__u32 kind;   /* TYR_NAME_* */
+	__u32 len;    /* out: bytes written */
+};
+
+struct tyr_names {
+	struct tyr_name_job jobs[TYR_NAME_JOBS];
+	__u32 count;
+	__u32 at;          /* where the next name goes */
+	__u32 flags;       /* out: TYR_F_TRUNCATED */
+	__u32 init_mnt_ns; /* tyrd's mount namespace */
+};
 
 /* A record under construction, laid out exactly as it goes on the ring: its
  * fixed part at rec[0], its data right after. */
 struct tyr_scratch {
 	__u64 busy; /* set while a program uses this CPU's entry */
-	__u8 rec[TYR_FIXED_MAX + TYR_DATA_SIZE];
+	__u8 rec[TYR_BASE_LIMIT + TYR_PATH_MAX + 256];
 	/* Dentries of the path being resolved, leaf first. */
 	struct dentry *dentries[64];
 	/* Trie key of the path being checked against policy. */
 	struct tyr_path_key key;
+	/* Trie key of a filesystem's mount, for identities. */
+	struct tyr_mount_key mount_key;
+	/* Room for the masked (0xff) index past either key's bytes. */
+	__u8 key_slack[8];
+	/* The checks of the operation being decided. */
+	struct tyr_checks checks;
+	struct tyr_walk walk;
+	struct tyr_write write;
+	struct tyr_names names;
 };
 
 struct {
@@ -122,6 +235,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tyr_scratch);
 } tyr_scratch_map SEC(".maps");
+
+/* A task's own scratch, for a decision that finds its CPU's entry held by
+ * a program it preempted: created for the decision and deleted after, so
+ * no two programs ever share scratch and no decision is skipped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tyr_scratch);
+} tyr_task_scratch SEC(".maps");
 
 /* Dummy instances: they put every record type in the object's BTF, so the
  * skeleton generates their Rust definitions. */
@@ -141,6 +264,14 @@ struct tyr_net_candidates tyr_type_net_candidates = {};
 struct tyr_path_candidates tyr_type_path_candidates = {};
 struct tyr_glob tyr_type_glob = {};
 struct tyr_path_key tyr_type_path_key = {};
+struct tyr_mount_key tyr_type_mount_key = {};
+struct tyr_mount_value tyr_type_mount_value = {};
+enum tyr_file_op tyr_type_file_op = TYR_FILE_OP_OPEN;
+enum tyr_decided_on tyr_type_decided_on = TYR_DECIDED_ON_PATH;
+enum tyr_failsafe_reason tyr_type_failsafe_reason = TYR_FAILSAFE_NONE;
+enum tyr_health_counter tyr_type_health_counter = TYR_HEALTH_AGENTS_FULL;
+enum tyr_fault tyr_type_fault = TYR_FAULT_SCRATCH;
+enum tyr_slot_flag tyr_type_slot_flag = TYR_SLOT_DENIES;
 
 static __always_inline struct tyr_config *tyr_config(void)
 {
@@ -148,11 +279,21 @@ static __always_inline struct tyr_config *tyr_config(void)
 	return bpf_map_lookup_elem(&tyr_config_map, &zero);
 }
 
+static __always_inline void tyr_count(void *map, __u32 index)
+{
+	__u64 *count = bpf_map_lookup_elem(map, &index);
+	if (count)
+		*count += 1;
+}
+
 static __always_inline void tyr_count_lost(__u32 kind)
 {
-	__u64 *lost = bpf_map_lookup_elem(&tyr_lost, &kind);
-	if (lost)
-		*lost += 1;
+	tyr_count(&tyr_lost, kind);
+}
+
+static __always_inline void tyr_count_health(__u32 counter)
+{
+	tyr_count(&tyr_health, counter);
 }
 
 static __always_inline bool tyr_kind_enabled(const struct tyr_config *cfg, __u32 kind)
@@ -196,6 +337,22 @@ static __always_inline __u32 tyr_open_kind(__u32 flags)
 	return TYR_KIND_FILE_READ;
 }
 
+/* The agent class of process `tgid` (the current one): tyr_agents, else,
+ * in programs that may read task storage (TYR_TASK_STORAGE defined before
+ * this header), what a fork left on the thread group leader when
+ * tyr_agents was full. */
+static __always_inline struct tyr_agent_class *tyr_agent_of(__u32 tgid)
+{
+	struct tyr_agent_class *agent = bpf_map_lookup_elem(&tyr_agents, &tgid);
+#ifdef TYR_TASK_STORAGE
+	if (!agent) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		agent = bpf_task_storage_get(&tyr_task_agents, task->group_leader, 0, 0);
+	}
+#endif
+	return agent;
+}
+
 /* Fills a header for the current task. */
 static __always_inline void tyr_fill_header(struct tyr_record_header *hdr, __u16 type, __u16 kind)
 {
@@ -214,29 +371,64 @@ static __always_inline void tyr_fill_header(struct tyr_record_header *hdr, __u16
 	hdr->gid = uid_gid >> 32;
 	hdr->flags = 0;
 	__u32 tgid = hdr->pid;
-	struct tyr_agent_class *agent = bpf_map_lookup_elem(&tyr_agents, &tgid);
+	struct tyr_agent_class *agent = tyr_agent_of(tgid);
 	hdr->agent = agent ? agent->agent : 0;
 	hdr->agent_type = agent ? agent->agent_type : 0;
 	bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
-/* This CPU's scratch record, claimed; NULL when a program preempted on this
- * CPU still holds it (the caller counts the record as lost). */
-static __always_inline struct tyr_scratch *tyr_scratch_claim(void)
+/* Scratch for one program run: this CPU's entry, claimed; when a program
+ * preempted on this CPU still holds it, the task's own (programs that may
+ * read task storage only; *on_task set). NULL when neither is available:
+ * the caller decides without it (fails closed for governed processes) and
+ * counts what it could not record. */
+static __always_inline struct tyr_scratch *tyr_scratch_claim(const struct tyr_config *cfg, __u32 *on_task)
 {
+	*on_task = 0;
+#ifdef TYR_TASK_STORAGE
+	/* Injected only where policy is decided: records that feed detection
+	 * (execs) keep flowing, so tests see governed processes refused. */
+	if (cfg->fault_inject & TYR_FAULT_SCRATCH)
+		return NULL;
+#endif
 	__u32 zero = 0;
 	struct tyr_scratch *s = bpf_map_lookup_elem(&tyr_scratch_map, &zero);
-	if (!s)
-		return NULL;
-	if (__sync_lock_test_and_set(&s->busy, 1))
-		return NULL;
+	if (s && !__sync_lock_test_and_set(&s->busy, 1))
+		return s;
+#ifdef TYR_TASK_STORAGE
+	s = bpf_task_storage_get(&tyr_task_scratch, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		*on_task = 1;
+		tyr_count_health(TYR_HEALTH_TASK_SCRATCH);
+	}
 	return s;
+#else
+	return NULL;
+#endif
 }
 
-static __always_inline void tyr_scratch_release(struct tyr_scratch *s)
+static __always_inline void tyr_scratch_release(struct tyr_scratch *s, __u32 on_task)
 {
+#ifdef TYR_TASK_STORAGE
+	if (on_task) {
+		bpf_task_storage_delete(&tyr_task_scratch, bpf_get_current_task_btf());
+		return;
+	}
+#endif
 	/* Only this CPU uses this entry: a plain store is enough. */
 	*(volatile __u64 *)&s->busy = 0;
+}
+
+/* The scratch a program claimed, looked up again (bpf_loop callbacks). */
+static __always_inline struct tyr_scratch *tyr_scratch_entry(__u32 on_task)
+{
+#ifdef TYR_TASK_STORAGE
+	if (on_task)
+		return bpf_task_storage_get(&tyr_task_scratch, bpf_get_current_task_btf(), 0, 0);
+#endif
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&tyr_scratch_map, &zero);
 }
 
 /* Sends the record built in s->rec (fixed_size bytes of fixed part, then

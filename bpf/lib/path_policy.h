@@ -17,6 +17,11 @@ TYR_POLICY_ARRAY(tyr_path_lists_slot1, struct tyr_path_candidates, TYR_POLICY_LI
 TYR_POLICY_ARRAY(tyr_globs_slot0, struct tyr_glob, TYR_POLICY_GLOBS);
 TYR_POLICY_ARRAY(tyr_globs_slot1, struct tyr_glob, TYR_POLICY_GLOBS);
 
+/* How a path is decided. */
+#define TYR_DECIDE_ON_TASK 1 /* the scratch is the task's */
+#define TYR_DECIDE_SUBTREE 2 /* the path is a directory: a rule matching
+			      * anything below it decides */
+
 /* A glob run over the path at s->rec + base. */
 struct tyr_glob_run {
 	__u32 slot;
@@ -24,7 +29,7 @@ struct tyr_glob_run {
 	__u32 base;
 	__u32 at;  /* next byte of the path */
 	__u32 len; /* bytes of the path */
-	__u32 reserved;
+	__u32 on_task;
 	__u64 state;
 };
 
@@ -43,7 +48,7 @@ static __always_inline struct tyr_glob *tyr_glob_get(__u32 slot, __u32 *glob)
 static long tyr_glob_step(__u64 index, void *ctx)
 {
 	struct tyr_glob_run *run = ctx;
-	struct tyr_scratch *s = tyr_scratch_entry();
+	struct tyr_scratch *s = tyr_scratch_entry(run->on_task);
 	struct tyr_glob *g = tyr_glob_get(run->slot, &run->glob);
 	if (!s || !g) {
 		run->state = 0;
@@ -68,13 +73,25 @@ static long tyr_glob_step(__u64 index, void *ctx)
 }
 
 /* Whether glob `glob` matches the path (len bytes at s->rec + base) from
- * byte `start` on: 1 or 0. A global function, so the verifier checks it
- * once, on its own, rather than again at every candidate of every path
- * decision that calls it. */
-__noinline int tyr_glob_matches(__u32 slot, __u32 glob, __u32 base, __u32 start, __u32 len)
+ * byte `start` on: 1 or 0; with `partial`, whether it matches the path
+ * followed by more bytes (some path below a directory). A global function,
+ * so the verifier checks it once, on its own, rather than again at every
+ * candidate of every path decision that calls it. */
+__noinline int tyr_glob_matches(__u32 slot_how, __u32 glob, __u32 base, __u32 start, __u32 len)
 {
+	/* Five arguments at most: the slot (bit 0) and how to decide
+	 * (TYR_DECIDE_* from bit 1) share one. */
+	__u32 slot = slot_how & 1;
+	__u32 on_task = (slot_how >> 1) & TYR_DECIDE_ON_TASK;
+	__u32 partial = (slot_how >> 1) & TYR_DECIDE_SUBTREE;
 	struct tyr_glob *g = tyr_glob_get(slot, &glob);
-	if (!g || start > len)
+	if (!g)
+		return false;
+	/* Below a directory, the literal start may end with the '/' that
+	 * follows the directory's path: the glob is still to come. */
+	if (partial && start == len + 1)
+		return true;
+	if (start > len)
 		return false;
 	__u64 accept = g->accept;
 	struct tyr_glob_run run = {
@@ -83,24 +100,43 @@ __noinline int tyr_glob_matches(__u32 slot, __u32 glob, __u32 base, __u32 start,
 		.base = base,
 		.at = start,
 		.len = len,
+		.on_task = on_task,
 		.state = 1 | ((1 & g->before_star) << 1),
 	};
 	bpf_loop(TYR_PATH_MAX / TYR_GLOB_STRIDE + 1, tyr_glob_step, &run, 0);
-	return run.at >= len && (run.state & accept) != 0;
+	if (run.at < len)
+		return false;
+	if (!partial)
+		return (run.state & accept) != 0;
+	/* The '/' after the directory, then any state left can still reach
+	 * acceptance: every token of a glob matches something. */
+	__u64 state = ((run.state << 1) & g->chars['/']) | (run.state & g->star);
+	state |= (state & g->before_star) << 1;
+	return state != 0;
 }
 
 /* Decides `action` (TYR_ACTION_*) for the path of `len` bytes at
  * s->rec + base, for agent class `class`, under `slot` (whose metadata is
  * `meta`): the caller reads the switch once, so every check of one
  * operation uses the same policy. */
-static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 slot, const struct tyr_policy_slot *meta,
-					    __u32 base, __u32 len, __u32 class, __u32 action, struct tyr_decision *out)
+static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 how, __u32 slot,
+					    const struct tyr_policy_slot *meta, __u32 base, __u32 len, __u32 class,
+					    __u32 action, struct tyr_decision *out)
 {
 	tyr_decision_default(meta, out);
 
 	struct tyr_path_key *key = &s->key;
 	__u32 key_len = len < TYR_POLICY_PATH_KEY ? len : TYR_POLICY_PATH_KEY;
 	bpf_probe_read_kernel(key->path, sizeof(key->path), &s->rec[base & TYR_BASE_MASK]);
+	/* A directory's subtree: its path and the '/' below it. */
+	if ((how & TYR_DECIDE_SUBTREE) && key_len < TYR_POLICY_PATH_KEY && len > 1) {
+		/* Masked for the verifier (the barrier keeps the compiler from
+		 * dropping a mask it knows to be redundant). */
+		__u32 at = key_len;
+		barrier_var(at);
+		key->path[at & 0xff] = '/';
+		key_len++;
+	}
 	key->prefixlen = 64 + key_len * 8;
 	key->action = bpf_htonl(action);
 	__u32 *index = NULL;
@@ -126,7 +162,7 @@ static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 slot, c
 		else if (c->match == TYR_PATH_MATCH_EXACT)
 			hit = c->len == len;
 		else if (c->match == TYR_PATH_MATCH_GLOB)
-			hit = tyr_glob_matches(slot, c->glob, base, c->len, len);
+			hit = tyr_glob_matches(slot | (how << 1), c->glob, base, c->len, len);
 		if (hit) {
 			out->verdict = c->verdict;
 			out->rule = c->rule;

@@ -5,6 +5,10 @@
 //! — base and overlays, every action, overlapping IPv4/IPv6 ranges, ports,
 //! exact/prefix/glob paths, server-name patterns, the unregistered-agents
 //! overlays — against generated requests, well over 100,000 in all.
+//! Large policies (hundreds of rules, mostly narrow so that the deciding
+//! rule can sit anywhere in the list) check Cedar's first-match order
+//! against the model, and the Cedar text of a policy at the rule limit
+//! grows linearly with its rules.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,6 +19,7 @@ use tyr_common::policy::compile::{BASE_CLASS, CompileError, CompiledPolicy, UNRE
 use tyr_common::policy::model::{
     Action, Cidr, HostPattern, PathPattern, Policy, PolicySet, PortRange, Request, Rule, Severity, Verdict,
 };
+use tyr_common::policy::parse::MAX_RULES;
 use tyr_common::policy::unregistered::{Restriction, with_unregistered};
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -239,6 +244,169 @@ fn model_compiled_entries_and_cedar_agree() {
     }
     println!("kernel entries vs model vs cedar: {kernel_checked} kernel-decided requests, {cedar_checked} in all");
     assert!(kernel_checked >= 100_000, "only {kernel_checked} kernel-decided requests checked");
+}
+
+/// A rule matching only around bucket `n`: the paths `/srv/{n}/...`, the
+/// addresses `10.9.{n}.x` and `fd09::{n}:x`, the names `h{n}.example.com`
+/// and below `z{n}.example.com`. Several rules share a bucket (and broad
+/// rules reach into them), so rules overlap far apart in the list.
+fn narrow_rule(g: &mut Gen, name: String, n: u64) -> Rule {
+    let mut rule = rule(g, name);
+    match rule.action {
+        Action::FileRead | Action::FileWrite | Action::Exec => {
+            rule.paths = (0..1 + g.below(2))
+                .map(|_| {
+                    let leaf = g.pick(&COMPONENTS);
+                    match g.below(4) {
+                        0 => PathPattern::Exact(format!("/srv/{n}/{leaf}")),
+                        1 => PathPattern::Prefix(format!("/srv/{n}/")),
+                        2 => PathPattern::Glob(format!("/srv/{n}/*{}", &leaf[leaf.len().saturating_sub(2)..])),
+                        _ => PathPattern::Glob(format!("/*/{n}/{leaf}")),
+                    }
+                })
+                .collect();
+        }
+        Action::NetConnect | Action::TlsConnect => {
+            rule.cidrs = vec![match g.below(3) {
+                0 => Cidr { addr: IpAddr::from([10, 9, n as u8, 0]), prefix: 24 },
+                1 => Cidr { addr: IpAddr::from([10, 9, n as u8, g.below(8) as u8]), prefix: 32 },
+                _ => Cidr { addr: IpAddr::from([0xfd09, 0, 0, 0, 0, 0, n as u16, 0]), prefix: 112 },
+            }];
+            if rule.action == Action::TlsConnect {
+                rule.server_names = vec![if g.below(2) == 0 {
+                    HostPattern::Exact(format!("h{n}.example.com"))
+                } else {
+                    HostPattern::Subdomains(format!("z{n}.example.com"))
+                }];
+            }
+        }
+    }
+    rule
+}
+
+/// A rule of [`rule`]'s that does not match every request of its action.
+fn broad_rule(g: &mut Gen, name: String) -> Rule {
+    let mut rule = rule(g, name);
+    if rule.paths.is_empty() && matches!(rule.action, Action::FileRead | Action::FileWrite | Action::Exec) {
+        rule.paths.push(path_pattern(g));
+    }
+    if rule.cidrs.is_empty() && matches!(rule.action, Action::NetConnect | Action::TlsConnect) {
+        rule.cidrs.push(cidr(g));
+    }
+    rule
+}
+
+const BUCKETS: u64 = 64;
+
+/// A policy of about `rules` rules: a base and three overlays, one rule in
+/// twenty broad.
+fn large_policy(g: &mut Gen, id: usize, rules: usize) -> PolicySet {
+    let make = |g: &mut Gen, name: String| {
+        if g.below(20) == 0 {
+            broad_rule(g, name)
+        } else {
+            let n = g.below(BUCKETS);
+            narrow_rule(g, name, n)
+        }
+    };
+    let overlay_rules = rules / 8;
+    let overlays = ["cursor", "claude-code", UNREGISTERED]
+        .into_iter()
+        .map(|agent| (agent.to_owned(), (0..overlay_rules).map(|i| make(g, format!("l{id}-{agent}-{i}"))).collect()))
+        .collect();
+    PolicySet {
+        name: format!("large-{id}"),
+        base: Policy {
+            default_verdict: g.pick(&[Verdict::Allow, Verdict::Deny, Verdict::Alert]),
+            rules: (0..rules - 3 * overlay_rules).map(|i| make(g, format!("l{id}-base-{i}"))).collect(),
+        },
+        overlays,
+    }
+}
+
+#[test]
+fn large_policies_decide_in_first_match_order() {
+    let mut g = Gen(0x1a56_e5e7_0000_0007);
+    let (mut checked, mut deep) = (0, 0);
+    for id in 0..6 {
+        let set = large_policy(&mut g, id, 300 + 60 * id);
+        let cedar_text = to_cedar(&set, 1);
+        let cedar = CedarEvaluator::new(&cedar_text).unwrap_or_else(|e| panic!("{e}"));
+        if id == 0 {
+            let validation = Validator::new(cedar.schema().clone()).validate(cedar.policies(), ValidationMode::Strict);
+            assert!(validation.validation_passed(), "{validation}");
+        }
+        for _ in 0..1500 {
+            let agent = g.pick(&["cursor", "claude-code", "codex", "unknown", UNREGISTERED]);
+            let n = g.below(BUCKETS);
+            let action = g.pick(&Action::ALL);
+            let narrow = g.below(4) != 0;
+            let path = if narrow {
+                format!("/srv/{n}/{}{}", g.pick(&COMPONENTS), g.pick(&["", "/x", "/a.pem"]))
+            } else {
+                path(&mut g)
+            };
+            let addr = if narrow {
+                match g.below(2) {
+                    0 => IpAddr::from([10, 9, n as u8, g.below(8) as u8]),
+                    _ => IpAddr::from([0xfd09, 0, 0, 0, 0, 0, n as u16, g.below(4) as u16]),
+                }
+            } else {
+                address(&mut g)
+            };
+            let name = if narrow {
+                format!("{}{n}.example.com", g.pick(&["h", "a.z", "z"]))
+            } else {
+                g.pick(&NAMES).to_owned()
+            };
+            let port = g.pick(&[22u16, 80, 443, 8005, 9000]);
+            let request = match action {
+                Action::FileRead => Request::File { write: false, path: &path },
+                Action::FileWrite => Request::File { write: true, path: &path },
+                Action::Exec => Request::Exec { path: &path },
+                Action::NetConnect => Request::Connect { addr, port },
+                Action::TlsConnect => Request::Tls { server_name: &name, addr, port },
+            };
+            let want = set.decide(agent, &request);
+            let decided = cedar.decide(agent, &request).unwrap_or_else(|e| panic!("{e}"));
+            let context = format!("large policy {id}, {agent}: {request:?}");
+            assert_eq!(decided.verdict, want.verdict, "{context}");
+            assert_eq!(decided.rule.as_deref(), want.rule.map(|r| r.name.as_str()), "{context}");
+            // How far down its agent type's order the deciding rule is.
+            let overlay = set.overlays.get(agent).map_or(0, Vec::len);
+            let place = want.rule.and_then(|rule| {
+                let in_overlay = set.overlays.get(agent).and_then(|o| o.iter().position(|r| r.name == rule.name));
+                in_overlay.or_else(|| set.base.rules.iter().position(|r| r.name == rule.name).map(|i| overlay + i))
+            });
+            if place.is_some_and(|place| place >= 100) {
+                deep += 1;
+            }
+            checked += 1;
+        }
+    }
+    println!("large policies: {checked} requests, {deep} decided by a rule 100 or more places down");
+    assert!(deep >= checked / 10, "only {deep} of {checked} decided deep in the list");
+}
+
+/// Generated policies of `rules` rules: base and overlays, as at the limit.
+fn cedar_text_len(rules: usize) -> usize {
+    to_cedar(&large_policy(&mut Gen(0x5133), 0, rules), 1).len()
+}
+
+#[test]
+fn cedar_text_grows_linearly_with_rules() {
+    let half = cedar_text_len(MAX_RULES / 2);
+    let full = cedar_text_len(MAX_RULES);
+    let ratio = full as f64 / half as f64;
+    println!("cedar text: {half} bytes at {} rules, {full} at {MAX_RULES} ({ratio:.2}x)", MAX_RULES / 2);
+    assert!(ratio < 2.2, "{ratio:.2}x the text for twice the rules");
+    // A policy at the limit loads and decides.
+    let set = large_policy(&mut Gen(0x5133), 0, MAX_RULES);
+    let cedar = CedarEvaluator::new(&to_cedar(&set, 1)).expect("loads");
+    let request = Request::File { write: false, path: "/srv/7/.env" };
+    let decided = cedar.decide("cursor", &request).expect("decides");
+    let want = set.decide("cursor", &request);
+    assert_eq!((decided.verdict, decided.rule.as_deref()), (want.verdict, want.rule.map(|r| r.name.as_str())));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! fallback takes over, visibly.
 
 pub mod client_hello;
+mod health;
+pub mod mounts;
 pub mod record;
 
 use std::fs::File;
@@ -19,6 +21,9 @@ use serde::Serialize;
 use crate::bpf::{connect, file_lsm, file_syscalls, process, records, tls_egress};
 use crate::host::HostFacts;
 use crate::kinds::{KIND_COUNT, KindSet};
+pub use health::KernelHealth;
+use health::{Fault, HEALTH_COUNT, fault_injected, fault_injection};
+use mounts::{MountTable, own_mount_namespace};
 use tyr_proto::EventKind as Kind;
 
 /// The BPF LSM hooks that decide file opens and execs.
@@ -26,6 +31,13 @@ pub const FILE_OPEN_LSM: &str = "lsm/file_open";
 pub const EXEC_LSM: &str = "lsm/bprm_check_security";
 /// Where an exec begins: clears what a failed exec left for the exec record.
 pub const EXEC_BEGIN_LSM: &str = "lsm/bprm_creds_for_exec";
+/// Hooks holding governed processes to their file rules when they link,
+/// rename or mount (and, on request, create user namespaces).
+pub const LINK_LSM: &str = "lsm/path_link";
+pub const RENAME_LSM: &str = "lsm/path_rename";
+pub const MOUNT_LSM: &str = "lsm/sb_mount";
+pub const MOVE_MOUNT_LSM: &str = "lsm/move_mount";
+pub const USERNS_LSM: &str = "lsm/userns_create";
 
 /// What serves execs when `lsm/bprm_check_security` cannot: the exec
 /// tracepoint sees every exec after the fact, and exec rules are decided
@@ -53,13 +65,49 @@ pub struct CaptureConfig {
     /// decided from in userspace (TLS; file opens without BPF LSM) see
     /// every process, whatever the filters.
     pub enforce: bool,
+    /// Keep governed agents out of new user namespaces (`lsm/userns_create`).
+    pub agent_userns_deny: bool,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        Self { kinds: KindSet::all(), comms: Vec::new(), pids: Vec::new(), ring_bytes: 32 << 20, enforce: false }
+        Self {
+            kinds: KindSet::all(),
+            comms: Vec::new(),
+            pids: Vec::new(),
+            ring_bytes: 32 << 20,
+            enforce: false,
+            agent_userns_deny: false,
+        }
     }
 }
+
+/// Whether governed agents may create user namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AgentUserns {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Sets [`AgentUserns`] for `tyrd observe` and `tyrd run`.
+pub const AGENT_USERNS_ENV: &str = "TYR_AGENT_USERNS";
+
+impl AgentUserns {
+    /// The setting [`AGENT_USERNS_ENV`] asks for (allow when unset or unknown).
+    pub fn from_env() -> Self {
+        match std::env::var(AGENT_USERNS_ENV).as_deref() {
+            Ok("deny") => Self::Deny,
+            _ => Self::Allow,
+        }
+    }
+}
+
+/// Test-only fault injection, from this variable: `scratch` makes every
+/// kernel scratch claim of a policy decision fail (`enum tyr_fault`);
+/// `connect-attach` makes attaching `cgroup/connect4` fail. Never set in
+/// production.
+pub const FAULT_INJECT_ENV: &str = "TYRD_FAULT_INJECT";
 
 /// Why capture could not start.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +197,9 @@ pub struct PolicyMaps {
     pub net: Option<NetPolicyMaps>,
     /// File and exec rules, when the BPF LSM hooks loaded.
     pub path: Option<PathPolicyMaps>,
+    /// Protected names kept on inodes (`tyr_inode_ids`), when the BPF LSM
+    /// hooks loaded: filled for links made before the policy.
+    pub inode_ids: Option<MapHandle>,
 }
 
 /// Per slot: IPv4 and IPv6 prefix tries, candidate lists.
@@ -182,6 +233,11 @@ struct SharedMaps {
     policy_slots: MapHandle,
     exec_decisions: MapHandle,
     undecided: MapHandle,
+    refused: MapHandle,
+    health: MapHandle,
+    task_agents: MapHandle,
+    task_scratch: MapHandle,
+    mounts: MapHandle,
 }
 
 fn reuse(map: &mut OpenMapMut<'_>, handle: &MapHandle) -> libbpf_rs::Result<()> {
@@ -204,6 +260,11 @@ macro_rules! share_maps {
             .and_then(|()| reuse(&mut maps.tyr_policy_slots, &$shared.policy_slots))
             .and_then(|()| reuse(&mut maps.tyr_exec_decisions, &$shared.exec_decisions))
             .and_then(|()| reuse(&mut maps.tyr_undecided, &$shared.undecided))
+            .and_then(|()| reuse(&mut maps.tyr_refused, &$shared.refused))
+            .and_then(|()| reuse(&mut maps.tyr_health, &$shared.health))
+            .and_then(|()| reuse(&mut maps.tyr_task_agents, &$shared.task_agents))
+            .and_then(|()| reuse(&mut maps.tyr_task_scratch, &$shared.task_scratch))
+            .and_then(|()| reuse(&mut maps.tyr_mounts, &$shared.mounts))
     }};
 }
 
@@ -223,6 +284,7 @@ pub struct Capture {
     _file_syscalls: Option<file_syscalls::FileSyscallsSkel<'static>>,
     _connect: Option<connect::ConnectSkel<'static>>,
     _tls: Option<tls_egress::TlsEgressSkel<'static>>,
+    _mount_table: Option<MountTable>,
     shared: SharedMaps,
     capabilities: Capabilities,
 }
@@ -311,6 +373,11 @@ impl Capture {
             policy_slots: handle(&process.maps.tyr_policy_slots)?,
             exec_decisions: handle(&process.maps.tyr_exec_decisions)?,
             undecided: handle(&process.maps.tyr_undecided)?,
+            refused: handle(&process.maps.tyr_refused)?,
+            health: handle(&process.maps.tyr_health)?,
+            task_agents: handle(&process.maps.tyr_task_agents)?,
+            task_scratch: handle(&process.maps.tyr_task_scratch)?,
+            mounts: handle(&process.maps.tyr_mounts)?,
         };
         write_config(&shared, config)?;
 
@@ -345,6 +412,12 @@ impl Capture {
 
         let bpf_lsm = attacher.attached(FILE_OPEN_LSM);
         let enforce_exec = attacher.attached(EXEC_LSM);
+        // Identities need to know where each filesystem sits here; kept
+        // current as mounts come and go.
+        let mount_table = bpf_lsm.then(|| MountTable::start(&shared.mounts));
+        // Connect rules hold only when both families' hooks are attached.
+        let enforce_net =
+            connect.is_some() && attacher.attached("cgroup/connect4") && attacher.attached("cgroup/connect6");
         let capabilities = Capabilities {
             kernel_version: host.kernel_release.clone(),
             arch: host.arch.clone(),
@@ -355,7 +428,7 @@ impl Capture {
             file_open_source: if bpf_lsm { FILE_OPEN_LSM.to_owned() } else { FILE_FALLBACK.to_owned() },
             enforce_file: bpf_lsm,
             enforce_exec,
-            enforce_net: connect.is_some(),
+            enforce_net,
             host,
         };
         Ok(Self {
@@ -365,6 +438,7 @@ impl Capture {
             _file_syscalls: file_syscalls,
             _connect: connect,
             _tls: tls,
+            _mount_table: mount_table,
             shared,
             capabilities,
         })
@@ -424,6 +498,10 @@ impl Capture {
         if net.is_none() && path.is_none() {
             return Ok(None);
         }
+        let inode_ids = match &self._file_lsm {
+            Some(lsm) => Some(map(&lsm.maps.tyr_inode_ids, "tyr_inode_ids")?),
+            None => None,
+        };
         Ok(Some(PolicyMaps {
             active: MapHandle::try_from(&self.shared.policy_active)
                 .map_err(|source| CaptureError::Map { map: "tyr_policy_active", source })?,
@@ -431,6 +509,7 @@ impl Capture {
                 .map_err(|source| CaptureError::Map { map: "tyr_policy_slots", source })?,
             net,
             path,
+            inode_ids,
         }))
     }
 
@@ -444,11 +523,28 @@ impl Capture {
     pub fn lost(&self) -> Result<[u64; KIND_COUNT], CaptureError> {
         per_kind_totals(&self.shared.lost, "tyr_lost")
     }
+
+    /// Operations of governed processes refused because the kernel could
+    /// not decide them (fail closed), per event kind number.
+    pub fn refused(&self) -> Result<[u64; KIND_COUNT], CaptureError> {
+        per_kind_totals(&self.shared.refused, "tyr_refused")
+    }
+
+    /// The kernel's health counters (`enum tyr_health_counter`).
+    pub fn health(&self) -> Result<KernelHealth, CaptureError> {
+        let totals = per_index_totals::<{ HEALTH_COUNT }>(&self.shared.health, "tyr_health")?;
+        Ok(KernelHealth::from_totals(totals))
+    }
 }
 
 /// Sums a per-CPU array of per-kind u64 counters.
 fn per_kind_totals(map: &MapHandle, name: &'static str) -> Result<[u64; KIND_COUNT], CaptureError> {
-    let mut totals = [0u64; KIND_COUNT];
+    per_index_totals::<KIND_COUNT>(map, name)
+}
+
+/// Sums a per-CPU array of N u64 counters.
+fn per_index_totals<const N: usize>(map: &MapHandle, name: &'static str) -> Result<[u64; N], CaptureError> {
+    let mut totals = [0u64; N];
     for (kind, total) in totals.iter_mut().enumerate() {
         let key = (kind as u32).to_ne_bytes();
         let per_cpu = map
@@ -494,6 +590,10 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
         self_tgid: std::process::id(),
         // Policy decided in userspace needs every record it decides from.
         policy_unfiltered: u32::from(config.enforce),
+        fault_inject: fault_injection(),
+        init_mnt_ns: own_mount_namespace(),
+        agent_userns_deny: u32::from(config.agent_userns_deny),
+        known_classes: tyr_common::agents::KNOWN_AGENTS.len() as u32,
         reserved: 0,
         ring_size,
         // An eighth of the ring stays free for lifecycle records.
@@ -520,6 +620,17 @@ fn load_file_hooks(
                 attacher.attach(FILE_OPEN_LSM, Ok(link));
                 attacher.attach(EXEC_BEGIN_LSM, skel.progs.tyr_exec_begin.attach_lsm());
                 attacher.attach(EXEC_LSM, skel.progs.tyr_exec_check.attach_lsm());
+                // How governed processes could otherwise get around file rules.
+                let progs = &skel.progs;
+                for (hook, prog) in [
+                    (LINK_LSM, &progs.tyr_path_link),
+                    (RENAME_LSM, &progs.tyr_path_rename),
+                    (MOUNT_LSM, &progs.tyr_sb_mount),
+                    (MOVE_MOUNT_LSM, &progs.tyr_move_mount),
+                    (USERNS_LSM, &progs.tyr_userns_create),
+                ] {
+                    attacher.attach(hook, prog.attach_lsm());
+                }
                 return (Some(skel), None);
             }
             Err(error) => error.to_string(),
@@ -528,7 +639,10 @@ fn load_file_hooks(
     };
     attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), FILE_FALLBACK);
     attacher.record(EXEC_BEGIN_LSM, Some(lsm_error.clone()), "not needed without lsm/bprm_check_security");
-    attacher.record(EXEC_LSM, Some(lsm_error), EXEC_FALLBACK);
+    attacher.record(EXEC_LSM, Some(lsm_error.clone()), EXEC_FALLBACK);
+    for hook in [LINK_LSM, RENAME_LSM, MOUNT_LSM, MOVE_MOUNT_LSM, USERNS_LSM] {
+        attacher.record(hook, Some(lsm_error.clone()), "");
+    }
 
     let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => skel,
@@ -557,7 +671,11 @@ fn load_connect(shared: &SharedMaps, cgroup: &File, attacher: &mut Attacher) -> 
     match connect::ConnectSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => {
             let fd = cgroup.as_raw_fd();
-            attacher.attach("cgroup/connect4", skel.progs.tyr_connect4.attach_cgroup(fd));
+            if fault_injected(Fault::ConnectAttach) {
+                attacher.record("cgroup/connect4", Some("attach refused (fault injection)".to_owned()), "");
+            } else {
+                attacher.attach("cgroup/connect4", skel.progs.tyr_connect4.attach_cgroup(fd));
+            }
             attacher.attach("cgroup/connect6", skel.progs.tyr_connect6.attach_cgroup(fd));
             Some(skel)
         }

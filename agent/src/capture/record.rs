@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::bpf::records::{
-    tyr_connect_fixed, tyr_exec_fixed, tyr_exit_fixed, tyr_file_fixed, tyr_fork_fixed, tyr_policy_decision,
-    tyr_record_header, tyr_tls_fixed,
+    tyr_connect_fixed, tyr_decided_on, tyr_exec_fixed, tyr_exit_fixed, tyr_file_fixed, tyr_fork_fixed,
+    tyr_policy_decision, tyr_record_header, tyr_tls_fixed,
 };
 
 /// Record type numbers (`enum tyr_record_type`).
@@ -26,6 +26,8 @@ mod record_type {
 pub const FLAG_TRUNCATED: u32 = 1 << 0;
 /// Header flag: no process is known for a TLS record's socket.
 pub const FLAG_OWNER_UNKNOWN: u32 = 1 << 1;
+/// Header flag: a rename or mount of a directory, decided as everything below it.
+pub const FLAG_DIRECTORY: u32 = 1 << 2;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -115,6 +117,8 @@ pub enum Record<'a> {
         /// 0, or -errno when policy refused the exec (the image did not change).
         result: i32,
         decision: KernelDecision,
+        /// Why the kernel refused without deciding (`enum tyr_failsafe_reason`, 0: it decided).
+        failsafe: u8,
     },
     Fork {
         header: Header,
@@ -132,10 +136,20 @@ pub enum Record<'a> {
         open_flags: u32,
         /// Resolved absolute path (success) or base directory (failure).
         path: &'a [u8],
-        /// Name as passed, after a failed open.
+        /// Name as passed, after a failed open; the other path of a link,
+        /// rename or mount.
         name: &'a [u8],
         /// `enum tyr_file_source`.
         source: u16,
+        /// `enum tyr_file_op`.
+        op: u8,
+        /// The file's path in tyrd's mount namespace, when it may differ
+        /// from `path` (empty otherwise).
+        identity: &'a [u8],
+        /// Whether the verdict was decided on `identity` rather than `path`.
+        decided_on_identity: bool,
+        /// Why the kernel refused without deciding (`enum tyr_failsafe_reason`, 0: it decided).
+        failsafe: u8,
         decision: KernelDecision,
     },
     Connect {
@@ -229,7 +243,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             let rec: tyr_exec_fixed = fixed(bytes)?;
             let (exe, argv) = data_parts(bytes, size_of_val(&rec), rec.exe_len as usize, rec.argv_len as usize)?;
             let decision = KernelDecision::from_raw(&rec.decision);
-            Ok(Record::Exec { header, exe, argv, result: rec.result, decision })
+            // A refusal without a decision says why in `reserved`.
+            let failsafe = u8::try_from(rec.reserved).unwrap_or(u8::MAX);
+            Ok(Record::Exec { header, exe, argv, result: rec.result, decision, failsafe })
         }
         record_type::FORK => {
             let rec: tyr_fork_fixed = fixed(bytes)?;
@@ -241,8 +257,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         }
         record_type::FILE => {
             let rec: tyr_file_fixed = fixed(bytes)?;
-            let (path, name) =
-                data_parts(bytes, size_of_val(&rec), usize::from(rec.path_len), usize::from(rec.name_len))?;
+            let (path, rest) = data_parts(
+                bytes,
+                size_of_val(&rec),
+                usize::from(rec.path_len),
+                usize::from(rec.name_len) + usize::from(rec.identity_len),
+            )?;
+            let (name, identity) = rest.split_at(usize::from(rec.name_len));
             Ok(Record::File {
                 header,
                 result: rec.result,
@@ -250,6 +271,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 path,
                 name,
                 source: rec.source,
+                op: rec.op,
+                identity,
+                decided_on_identity: u32::from(rec.decided_on) == tyr_decided_on::TYR_DECIDED_ON_IDENTITY.0,
+                failsafe: rec.failsafe,
                 decision: KernelDecision::from_raw(&rec.decision),
             })
         }
@@ -282,7 +307,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
 
 /// Version of the record layouts in `bpf/include/tyr_records.h`; bumped
 /// whenever a layout changes, so old recordings are refused, not misread.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The start of a recording: magic and layout version.
 pub fn recording_header() -> [u8; 12] {

@@ -4,9 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
+use crate::capture::KernelHealth;
+use crate::detect::exe_hash::HashCounters;
+use crate::enforce::link_scan::LinkScanStats;
 use crate::kinds::{ALL_KINDS, KIND_COUNT};
 
 /// Counters printed on exit (a [`LiveCounters::snapshot`]).
@@ -18,6 +22,20 @@ pub struct Counters {
     pub lost: BTreeMap<&'static str, u64>,
     /// Operations let through unchecked by policy (no scratch space), by kind.
     pub undecided: BTreeMap<&'static str, u64>,
+    /// Operations of governed processes refused because the kernel could
+    /// not decide them (fail closed), by kind.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// The kernel side's own counters (agent map full, per-task scratch
+    /// used, file identities that could not be resolved).
+    pub kernel: KernelHealth,
+    /// Files linked before the policy whose inode was given the protected name.
+    pub hardlinks_protected: u64,
+    /// Hard-link scans cut at their entry bound.
+    pub hardlink_scans_cut: u64,
+    /// File rule patterns too broad for the hard-link scan (no directory before `*`).
+    pub hardlink_patterns_unscanned: u64,
+    /// Inodes the kernel refused a protected name.
+    pub hardlink_protect_failures: u64,
     /// Records that did not decode.
     pub decode_failed: u64,
     /// Events delivered to the sink (printed, for `tyrd observe`).
@@ -32,6 +50,28 @@ pub struct Counters {
     pub agent_map_failures: u64,
     /// Saves of the discovered-agents file that failed.
     pub agent_save_failures: u64,
+    /// Agents not registered because the registry was full (still governed).
+    pub agents_refused: u64,
+    /// Confident classifications not followed because the process was
+    /// already governed as an agent (no class laundering).
+    pub agent_claims_ignored: u64,
+    /// Kernel agent entries left alone because a write would have made
+    /// them less strict.
+    pub agent_moves_refused: u64,
+    /// Processes evicted from the process cache (entry or byte bound).
+    pub processes_evicted: u64,
+    /// Processes evicted from the agent tracker (entry or byte bound).
+    pub agent_processes_evicted: u64,
+    /// Executables hashed.
+    pub exe_hashed: u64,
+    /// Digests evicted from the executable hash cache.
+    pub exe_hash_evicted: u64,
+    /// Executables not hashed: larger than the size cap.
+    pub exe_hash_too_large: u64,
+    /// Hash requests dropped: the queue was full (asked again at the next exec).
+    pub exe_hash_queue_full: u64,
+    /// Executables that could not be read, or changed while hashed.
+    pub exe_hash_failed: u64,
     /// Old policy slots that could not be emptied after a swap.
     pub policy_clear_failures: u64,
     /// Policy swaps that waited a fixed grace, not an RCU grace period,
@@ -50,6 +90,12 @@ pub struct LiveCounters {
     lost: [AtomicU64; KIND_COUNT],
     /// Operations let through unchecked by policy, by kind number.
     undecided: [AtomicU64; KIND_COUNT],
+    /// Operations of governed processes refused undecided, by kind number.
+    refused: [AtomicU64; KIND_COUNT],
+    /// The kernel side's own counters, as last read.
+    kernel: std::sync::Mutex<KernelHealth>,
+    /// What the scans for hard links made before the policy did.
+    pub link_scan: Arc<LinkScanStats>,
     /// Records that did not decode.
     pub decode_failed: AtomicU64,
     /// Records dropped because the userspace queue was full. The ring reader
@@ -71,6 +117,19 @@ pub struct LiveCounters {
     pub agent_map_failures: AtomicU64,
     /// Failed saves of the discovered-agents file.
     pub agent_save_failures: AtomicU64,
+    /// Agents the full registry refused.
+    pub agents_refused: AtomicU64,
+    /// Confident classifications not followed.
+    pub agent_claims_ignored: AtomicU64,
+    /// Kernel agent entries a write would have made less strict.
+    pub agent_moves_refused: AtomicU64,
+    /// Process cache evictions.
+    pub processes_evicted: AtomicU64,
+    /// Agent tracker evictions.
+    pub agent_processes_evicted: AtomicU64,
+    /// Executables hashed, digests evicted, files too large, requests
+    /// dropped on a full queue, and failures: the hasher's own atomics.
+    pub exe_hash: OnceLock<Arc<HashCounters>>,
     /// The policy version installed in the kernel (0: none yet).
     pub applied_policy_version: AtomicI64,
     /// Policy updates that could not be installed (the previous policy stayed).
@@ -107,6 +166,14 @@ impl LiveCounters {
         }
     }
 
+    /// Stores the kernel's fail-closed refusals and its health counters.
+    pub(super) fn set_kernel_decisions(&self, refused: &[u64; KIND_COUNT], health: KernelHealth) {
+        for (slot, value) in self.refused.iter().zip(refused) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+        *self.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = health;
+    }
+
     /// Records the kernel could not emit, by kind name (the heartbeat's
     /// `ringbuf_reserve_failed`).
     pub fn lost_by_kind(&self) -> BTreeMap<&'static str, u64> {
@@ -116,10 +183,18 @@ impl LiveCounters {
     /// The counters as `tyrd observe` prints them.
     pub fn snapshot(&self) -> Counters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let hash = self.exe_hash.get().map(|h| &**h);
+        let hashes = |field: fn(&HashCounters) -> &AtomicU64| hash.map_or(0, |h| get(field(h)));
         Counters {
             seen: named(&load_all(&self.seen)),
             lost: named(&load_all(&self.lost)),
             undecided: named(&load_all(&self.undecided)),
+            refused: named(&load_all(&self.refused)),
+            kernel: *self.kernel.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            hardlinks_protected: get(&self.link_scan.kept),
+            hardlink_scans_cut: get(&self.link_scan.truncated),
+            hardlink_patterns_unscanned: get(&self.link_scan.too_broad),
+            hardlink_protect_failures: get(&self.link_scan.failures),
             decode_failed: get(&self.decode_failed),
             printed: get(&self.delivered),
             tls_unparsed: get(&self.tls_unparsed),
@@ -127,6 +202,16 @@ impl LiveCounters {
             agents_discovered: usize::try_from(get(&self.agents_discovered)).unwrap_or(usize::MAX),
             agent_map_failures: get(&self.agent_map_failures),
             agent_save_failures: get(&self.agent_save_failures),
+            agents_refused: get(&self.agents_refused),
+            agent_claims_ignored: get(&self.agent_claims_ignored),
+            agent_moves_refused: get(&self.agent_moves_refused),
+            processes_evicted: get(&self.processes_evicted),
+            agent_processes_evicted: get(&self.agent_processes_evicted),
+            exe_hashed: hashes(|h| &h.hashed),
+            exe_hash_evicted: hashes(|h| &h.evicted),
+            exe_hash_too_large: hashes(|h| &h.too_large),
+            exe_hash_queue_full: hashes(|h| &h.queue_full),
+            exe_hash_failed: hashes(|h| &h.failed),
             policy_clear_failures: get(&self.policy_clear_failures),
             policy_swaps_unsynchronised: get(&self.policy_swaps_unsynchronised),
         }
@@ -151,5 +236,12 @@ mod tests {
         assert_eq!(snapshot.lost["TLS"], 4);
         assert_eq!(snapshot.seen.len(), ALL_KINDS.len());
         assert_eq!(counters.lost_by_kind()["TLS"], 4);
+        assert_eq!(snapshot.exe_hashed, 0, "no hasher yet");
+        let hash = Arc::new(HashCounters::default());
+        hash.evicted.store(7, Ordering::Relaxed);
+        assert!(counters.exe_hash.set(hash).is_ok());
+        counters.agent_claims_ignored.store(2, Ordering::Relaxed);
+        let snapshot = counters.snapshot();
+        assert_eq!((snapshot.exe_hash_evicted, snapshot.agent_claims_ignored), (7, 2));
     }
 }

@@ -77,7 +77,7 @@ pub fn load_overrides(state_dir: &Path) -> Result<Option<OverrideSet>, AgentsErr
 pub fn save_overrides(state_dir: &Path, overrides: &OverrideSet) -> Result<(), AgentsError> {
     let mut bytes = serde_json::to_vec_pretty(overrides).map_err(AgentsError::Encode)?;
     bytes.push(b'\n');
-    write_atomic(&state_dir.join(OVERRIDES_FILE), &bytes, 0o600)?;
+    write_atomic(&state_dir.join(OVERRIDES_FILE), &bytes)?;
     Ok(())
 }
 
@@ -236,6 +236,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tyr-reporter-{}", uuid::Uuid::new_v4().simple()));
         let mut registry = Registry::open(&dir).expect("registry");
         let first = registry.discover("cursor", "/opt/cursor", "/opt/cursor", 70, "env:CURSOR_TRACE_ID=45");
+        registry.flush();
         let feed = Arc::new(AgentFeed::default());
         let mut reporter = Reporter::start(Arc::clone(&feed), &dir).await;
         let sent = reporter.tick().await;

@@ -155,7 +155,7 @@ pub async fn enroll(config: &DaemonConfig, kernel_version: &str, arch: &str) -> 
         ca_pem: response.ca_cert_pem,
     };
     identity.save(&config.state_dir)?;
-    write_atomic(&config.state_dir.join(TOKEN_HASH_FILE), format!("{}\n", token_hash(token)).as_bytes(), 0o600)?;
+    write_atomic(&config.state_dir.join(TOKEN_HASH_FILE), format!("{}\n", token_hash(token)).as_bytes())?;
     info!(daemon_id = %identity.daemon_id, server = %server.uri, "enrolled");
     Ok(identity)
 }

@@ -2,18 +2,18 @@
 //! (the private key, mode 0600), `client.pem` (the certificate the server
 //! signed), `ca.pem` (the server CA) and `daemon_id`.
 //!
-//! Every file is written atomically (a temporary file created with its final
-//! mode, fsynced, renamed, then the directory fsynced). `client.pem` is
+//! Every file is written atomically and private (mode 0600, in a 0700
+//! directory; see [`crate::private_fs`]). `client.pem` is
 //! written last and removed first: it marks a complete identity, so a crash
 //! halfway through (re-)enrollment leaves "not enrolled", never a key that
 //! does not match its certificate.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::Secret;
+use crate::private_fs;
 
 /// The private key file.
 pub const KEY_FILE: &str = "client.key";
@@ -41,31 +41,16 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
     move |source| IdentityError::Io { path: path.to_owned(), source }
 }
 
-/// Creates `dir` (mode 0700) if it is missing.
+/// Creates `dir` (mode 0700) if it is missing; an existing one is left as
+/// it is (and reported when others can enter it).
 pub fn ensure_dir(dir: &Path) -> Result<(), IdentityError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error(dir))
+    private_fs::ensure_dir(dir).map_err(io_error(dir))
 }
 
-/// Writes `bytes` to `path` atomically, the file having `mode` from its
-/// creation on (a private key is never readable by others, not even
-/// briefly).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let write = || -> io::Result<()> {
-        // A stale temporary from a crash may have another mode: start afresh.
-        match fs::remove_file(&temporary) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-            _ => {}
-        }
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(io_error(path))
+/// Writes `bytes` to `path` atomically, mode 0600 from its creation on (a
+/// private key is never readable by others, not even briefly).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    private_fs::write_atomic(path, bytes).map_err(io_error(path))
 }
 
 /// A complete identity: key, certificate, CA and id.
@@ -113,10 +98,10 @@ impl StoredIdentity {
     pub fn save(&self, state_dir: &Path) -> Result<(), IdentityError> {
         ensure_dir(state_dir)?;
         Self::forget(state_dir)?;
-        write_atomic(&state_dir.join(KEY_FILE), self.key_pem.expose().as_bytes(), 0o600)?;
-        write_atomic(&state_dir.join(CA_FILE), &self.ca_pem, 0o644)?;
-        write_atomic(&state_dir.join(DAEMON_ID_FILE), format!("{}\n", self.daemon_id).as_bytes(), 0o644)?;
-        write_atomic(&state_dir.join(CERT_FILE), &self.cert_pem, 0o644)
+        write_atomic(&state_dir.join(KEY_FILE), self.key_pem.expose().as_bytes())?;
+        write_atomic(&state_dir.join(CA_FILE), &self.ca_pem)?;
+        write_atomic(&state_dir.join(DAEMON_ID_FILE), format!("{}\n", self.daemon_id).as_bytes())?;
+        write_atomic(&state_dir.join(CERT_FILE), &self.cert_pem)
     }
 
     /// Marks `state_dir` as not enrolled (removes `client.pem`).

@@ -98,7 +98,7 @@ impl StoredPush {
         let path = state_dir.join(POLICY_FILE);
         let bytes =
             serde_json::to_vec(self).map_err(|e| PolicyError::Store { path: path.clone(), message: e.to_string() })?;
-        write_atomic(&path, &bytes, 0o600)?;
+        write_atomic(&path, &bytes)?;
         Ok(())
     }
 

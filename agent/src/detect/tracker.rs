@@ -6,20 +6,34 @@
 //! same on its side; tyrd repairs the kernel entry when the fork raced the
 //! parent's classification), file and TLS records add behavioural evidence.
 //!
-//! Operators' overrides ([`AgentTracker::apply_overrides`]) move every
-//! process of an overridden agent — running ones in the kernel's agent
-//! map, later ones as they are classified — to the new type's class;
-//! descendants follow through the kernel's fork inheritance.
+//! Detection only ever makes governance stricter ([`governance`]): a
+//! process classified as, or descended from, an agent stays that agent
+//! whatever it execs; a confident classification it does not follow is
+//! kept as evidence (`agent_claimed_type`) and counted. Operators'
+//! overrides ([`AgentTracker::apply_overrides`]) move every process of an
+//! overridden agent — running ones in the kernel's agent map, later ones as
+//! they are classified — to the new type's class; descendants follow
+//! through the kernel's fork inheritance.
+//!
+//! The per-process state is bounded in entries and bytes ([`PROCESSES`],
+//! [`PROCESS_BYTES`]), evictions counted; a process the tracker forgot is
+//! still governed by its kernel entry, which every write checks first.
+
+mod fingerprint;
+mod governance;
+mod kernel;
+mod label;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use lru::LruCache;
-use tyr_common::agents::{self, Classification, Fingerprint, KNOWN_AGENTS, Matcher, UNKNOWN};
-use tyr_common::policy::compile::UNREGISTERED_CLASS;
+use libbpf_rs::MapHandle;
+use tyr_common::agents::{self, Classification, Fingerprint, UNKNOWN};
+use tyr_common::policy::compile::{UNKNOWN_CLASS, UNREGISTERED_CLASS, class_of};
 use tyr_common::policy::unregistered::Restriction;
+
+pub use label::AgentLabel;
 
 use super::environ::read_marker_names;
 use super::exe_hash::ExeHasher;
@@ -27,41 +41,18 @@ use super::feed::AgentFeed;
 use super::overrides::{Governing, OverrideSet};
 use super::registry::Registry;
 use crate::bpf::records::tyr_agent_class;
+use crate::pipeline::bounded_lru::BoundedLru;
+use fingerprint::{EVIDENCE_KEPT, EVIDENCE_MAX_LEN, floor_char_boundary, identity, is_evidence, split_argv};
+use governance::Rank;
+use kernel::{KernelAgents, Write};
 
-/// Arguments kept in a fingerprint, and their length.
-const ARGV_KEPT: usize = 32;
-const ARG_MAX_LEN: usize = 512;
 /// Ancestors listed in `agent_lineage`.
 const LINEAGE_DEPTH: usize = 4;
-/// Behavioural evidence kept per process.
-const EVIDENCE_KEPT: usize = 16;
-/// Interpreters whose entry script is part of an agent's identity.
-const INTERPRETERS: [&str; 5] = ["node", "python", "bun", "deno", "ruby"];
-
-/// `ReadPathContains` texts of the known-agent table.
-static MODULE_PATHS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    KNOWN_AGENTS
-        .iter()
-        .flat_map(|a| a.signals)
-        .filter_map(|s| match s.matcher {
-            Matcher::ReadPathContains(text) => Some(text),
-            _ => None,
-        })
-        .collect()
-});
-
-/// `WroteFileNamed` names of the known-agent table.
-static WRITTEN_NAMES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    KNOWN_AGENTS
-        .iter()
-        .flat_map(|a| a.signals)
-        .filter_map(|s| match s.matcher {
-            Matcher::WroteFileNamed(name) => Some(name),
-            _ => None,
-        })
-        .collect()
-});
-
+/// Processes tracked, at most, and the bytes of their fingerprints.
+pub const PROCESSES: usize = 65_536;
+pub const PROCESS_BYTES: usize = 32 << 20;
+/// What a tracked process costs besides its fingerprint's strings.
+const STATE_OVERHEAD: usize = 256;
 /// Metadata key set on events of unregistered agents: processes showing
 /// agent signals (an LLM API key in the environment, TLS to an LLM
 /// provider, an agent-like name) that no known agent matched confidently.
@@ -98,31 +89,53 @@ impl UnregisteredAgents {
     }
 }
 
-/// The agent fields an event gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentLabel {
-    pub agent_type: &'static str,
-    /// Empty for processes of no discovered agent.
-    pub discovered_agent_id: String,
-    /// `agent_evidence`, `agent_confidence`, ... metadata entries.
-    pub metadata: Vec<(&'static str, Arc<str>)>,
+/// How a process is governed (see [`governance`] for the order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Governed {
+    /// No agent.
+    #[default]
+    None,
+    /// A discovered agent (registry index): a known type, or `unknown` for
+    /// an unregistered agent.
+    Agent(u32),
+    /// An unregistered agent the registry had no room for.
+    Unregistered,
+    /// A known agent type the registry had no room for.
+    Type(&'static str),
 }
 
 /// One process's detection state.
 #[derive(Debug, Clone, Default)]
 struct ProcState {
-    fingerprint: Fingerprint,
-    own: Option<Classification>,
-    /// Registry index of the agent the process belongs to (0: none).
-    agent: u32,
-    /// The agent came from an ancestor, not from the process's own fingerprint.
-    inherited_from: Option<u32>,
+    /// Shared with forked children until one of them changes it.
+    fingerprint: Arc<Fingerprint>,
+    own: Option<Arc<Classification>>,
+    governed: Governed,
+    /// The governance came from an ancestor, not from the process's own fingerprint.
+    inherited: bool,
     /// The parent's thread group id, for the lineage of agent types.
     parent: u32,
-    /// An unregistered agent (or descended from one): agent signals, no
-    /// confident match.
-    unregistered: bool,
+    /// A confident classification the governance did not follow.
+    claimed: Option<&'static str>,
+    /// The kernel entry the tracker wrote for this process, as (agent,
+    /// class): taken back when it exits.
+    kernel_entry: Option<(u32, u32)>,
     label: Option<Arc<AgentLabel>>,
+}
+
+impl ProcState {
+    /// Roughly the bytes this state holds (for the tracker's byte bound).
+    fn size(&self) -> usize {
+        let fp = &*self.fingerprint;
+        let strings = |list: &[String]| list.iter().map(String::len).sum::<usize>();
+        STATE_OVERHEAD
+            + fp.exe.len()
+            + strings(&fp.argv)
+            + strings(&fp.env_names)
+            + strings(&fp.read_paths)
+            + strings(&fp.written_names)
+            + fp.first_sni.as_ref().map_or(0, String::len)
+    }
 }
 
 /// Tracks which process is which agent.
@@ -130,9 +143,11 @@ struct ProcState {
 pub struct AgentTracker {
     registry: Registry,
     hasher: Option<ExeHasher>,
-    kernel: Option<MapHandle>,
+    kernel: Option<KernelAgents>,
     proc_root: PathBuf,
-    processes: LruCache<u32, ProcState>,
+    /// Boot-time nanoseconds of the record being handled (0: unknown).
+    record_ns: u64,
+    processes: BoundedLru<u32, ProcState>,
     unregistered: UnregisteredAgents,
     unknown_label: Arc<AgentLabel>,
     overrides: OverrideSet,
@@ -141,6 +156,12 @@ pub struct AgentTracker {
     pub kernel_update_failures: u64,
     /// Processes moved to another class by an override set, in the kernel map.
     pub override_moves: u64,
+    /// Confident classifications not followed: the process was already an
+    /// agent (or restricted), whatever it exec'd.
+    pub claims_ignored: u64,
+    /// Kernel entries left alone because the write would have made them
+    /// less strict (a process the tracker had forgotten).
+    pub kernel_moves_refused: u64,
 }
 
 /// The [`Governing`] view of a tracker's fields (a macro, so that it
@@ -153,33 +174,6 @@ macro_rules! governing {
             restricted: $tracker.unregistered.restriction().is_some(),
         }
     };
-}
-
-/// Is `path`'s file name an interpreter (`python3.11`, `node`, ...)?
-fn is_interpreter(exe: &str) -> bool {
-    let name = exe.rsplit('/').next().unwrap_or(exe);
-    INTERPRETERS.iter().any(|i| name.starts_with(i))
-}
-
-/// The executable identity of a discovered agent: its exe, and for
-/// interpreters the script they run.
-fn identity(fp: &Fingerprint) -> String {
-    if !is_interpreter(&fp.exe) {
-        return fp.exe.clone();
-    }
-    let script = fp.argv.iter().skip(1).find(|a| !a.starts_with('-') && (a.contains('/') || a.contains('.')));
-    match script {
-        Some(script) => format!("{} {script}", fp.exe),
-        None => fp.exe.clone(),
-    }
-}
-
-fn split_argv(argv: &[u8]) -> Vec<String> {
-    argv.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .take(ARGV_KEPT)
-        .map(|a| String::from_utf8_lossy(&a[..a.len().min(ARG_MAX_LEN)]).into_owned())
-        .collect()
 }
 
 impl AgentTracker {
@@ -198,15 +192,18 @@ impl AgentTracker {
         Self {
             registry,
             hasher,
-            kernel,
+            kernel: kernel.map(|map| KernelAgents::new(map, &proc_root)),
             proc_root,
-            processes: LruCache::new(NonZeroUsize::new(65_536).unwrap_or(NonZeroUsize::MIN)),
+            record_ns: 0,
+            processes: BoundedLru::new(NonZeroUsize::new(PROCESSES).unwrap_or(NonZeroUsize::MIN), PROCESS_BYTES),
             unregistered,
             unknown_label,
             overrides: OverrideSet::default(),
             feed: None,
             kernel_update_failures: 0,
             override_moves: 0,
+            claims_ignored: 0,
+            kernel_moves_refused: 0,
         }
     }
 
@@ -220,39 +217,24 @@ impl AgentTracker {
     /// class changed are moved in the kernel's agent map (running
     /// processes, and through fork inheritance their later children), and
     /// events are labelled with the new types. Returns how many kernel
-    /// entries moved.
+    /// entries moved. The one way a process leaves its agent's class.
     pub fn apply_overrides(&mut self, overrides: OverrideSet) -> usize {
         self.overrides = overrides;
-        for (_, state) in self.processes.iter_mut() {
+        for state in self.processes.values_mut() {
             state.label = None;
         }
         let Some(kernel) = &self.kernel else { return 0 };
         let governing = governing!(self);
-        let mut moves = Vec::new();
-        for key in kernel.keys() {
-            let Ok(Some(bytes)) = kernel.lookup(&key, MapFlags::ANY) else { continue };
-            let mut current = tyr_agent_class { agent: 0, agent_type: 0 };
-            if plain::copy_from_bytes(&mut current, &bytes).is_err() || current.agent == 0 {
-                continue;
-            }
-            let class = governing.class(current.agent);
-            if class != current.agent_type {
-                moves.push((key, tyr_agent_class { agent: current.agent, agent_type: class }));
-            }
-        }
-        let mut moved = 0;
-        for (key, value) in moves {
-            // SAFETY: tyr_agent_class is a Plain repr(C) struct of two u32.
-            let bytes = unsafe { plain::as_bytes(&value) };
-            // EXIST: a process that exited meanwhile is not brought back.
-            match kernel.update(&key, bytes, MapFlags::EXIST) {
-                Ok(()) => moved += 1,
-                Err(error) if error.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(_) => self.kernel_update_failures += 1,
-            }
-        }
-        self.override_moves += moved as u64;
-        moved
+        let (moved, failed) = kernel.reclass(|agent| governing.class(agent));
+        self.kernel_update_failures += failed;
+        self.override_moves += moved;
+        usize::try_from(moved).unwrap_or(usize::MAX)
+    }
+
+    /// The next records are from `boot_ns` (boot-time nanoseconds): kernel
+    /// entries are written only for processes that started no later.
+    pub fn at(&mut self, boot_ns: u64) {
+        self.record_ns = boot_ns;
     }
 
     /// A tracker with no kernel map, no hashing and no /proc (tests, benchmarks).
@@ -265,6 +247,26 @@ impl AgentTracker {
         &self.registry
     }
 
+    /// The exe hasher's counters, when hashing.
+    pub fn hash_counters(&self) -> Option<&Arc<super::exe_hash::HashCounters>> {
+        self.hasher.as_ref().map(ExeHasher::counters)
+    }
+
+    /// Processes evicted to keep the tracker within its bounds.
+    pub fn evicted(&self) -> u64 {
+        self.processes.evicted
+    }
+
+    /// The governance `pid` gets from its own past, its parent and the
+    /// kernel's entry: the strictest of them.
+    fn inherited(&self, pid: u32, ppid: u32, kernel_agent: u32) -> Governed {
+        let kernel = (kernel_agent != 0).then_some(Governed::Agent(kernel_agent));
+        [self.processes.peek(&pid).map(|s| s.governed), self.processes.peek(&ppid).map(|s| s.governed), kernel]
+            .into_iter()
+            .flatten()
+            .fold(Governed::None, |best, next| if self.rank(next) > self.rank(best) { next } else { best })
+    }
+
     /// A process replaced its image. Returns the executable's sha256 when it
     /// is already known (otherwise it is being computed).
     pub fn on_exec(&mut self, pid: u32, ppid: u32, exe: &str, argv: &[u8], kernel_agent: u32) -> Option<String> {
@@ -275,67 +277,78 @@ impl AgentTracker {
             ..Fingerprint::default()
         };
         // Whatever the process belonged to before the exec, it still does
-        // unless its new image is confidently another agent.
-        let previous = self.processes.get(&pid).map(|s| s.agent).filter(|&a| a != 0);
-        let from_parent = self.processes.get(&ppid).map(|s| s.agent).filter(|&a| a != 0);
-        let inherited = previous.or(from_parent).or((kernel_agent != 0).then_some(kernel_agent));
-        let unregistered = [pid, ppid].iter().any(|p| self.processes.peek(p).is_some_and(|s| s.unregistered))
-            || inherited.is_some_and(|agent| self.is_unregistered_agent(agent));
-        let mut state = ProcState { fingerprint, parent: ppid, unregistered, ..ProcState::default() };
-        if let Some(agent) = inherited {
-            state.agent = agent;
-            state.inherited_from = Some(agent);
-        }
+        // (see `governance`).
+        let governed = self.inherited(pid, ppid, kernel_agent);
+        let mut state = ProcState {
+            fingerprint: Arc::new(fingerprint),
+            governed,
+            inherited: governed != Governed::None,
+            parent: ppid,
+            kernel_entry: self.processes.peek(&pid).and_then(|s| s.kernel_entry),
+            ..ProcState::default()
+        };
         self.reclassify(pid, &mut state);
-        self.processes.put(pid, state);
+        self.put(pid, state);
         self.hasher.as_mut().and_then(|hasher| hasher.sha256(Path::new(exe)))
     }
 
     /// A process forked: the child belongs to the parent's agent.
     pub fn on_fork(&mut self, parent: u32, child: u32, kernel_agent: u32) {
         let parent_state = self.processes.get(&parent).cloned().unwrap_or_default();
-        let agent = if parent_state.agent != 0 { parent_state.agent } else { kernel_agent };
-        let state = ProcState {
+        let governed = match parent_state.governed {
+            Governed::None if kernel_agent != 0 => Governed::Agent(kernel_agent),
+            governed => governed,
+        };
+        let mut state = ProcState {
             fingerprint: parent_state.fingerprint,
             own: parent_state.own,
-            agent,
-            inherited_from: (agent != 0).then_some(agent),
+            governed,
+            inherited: governed != Governed::None,
             parent,
-            unregistered: parent_state.unregistered || self.is_unregistered_agent(agent),
+            claimed: parent_state.claimed,
+            kernel_entry: None,
             label: None,
         };
-        if agent != 0 && kernel_agent != agent {
+        state.kernel_entry = match governed {
             // The fork raced the parent's classification: fix the kernel's view.
-            self.write_kernel(child, agent);
-        }
-        self.processes.put(child, state);
+            Governed::Agent(index) if kernel_agent != index => self.write_governed(child, governed),
+            // No index to compare with: the kernel's copy may predate the parent's entry.
+            Governed::Type(_) | Governed::Unregistered => self.write_governed(child, governed),
+            _ => None,
+        };
+        self.put(child, state);
     }
 
     /// A process exited.
     pub fn on_exit(&mut self, pid: u32) {
-        self.processes.pop(&pid);
+        let written = self.processes.pop(&pid).and_then(|s| s.kernel_entry);
+        if let (Some((agent, agent_type)), Some(kernel)) = (written, &self.kernel) {
+            kernel.forget(pid, tyr_agent_class { agent, agent_type }, self.record_ns);
+        }
+    }
+
+    fn put(&mut self, pid: u32, state: ProcState) {
+        let size = state.size();
+        self.processes.put(pid, state, size);
     }
 
     /// A process opened a file: module loads and agent-specific files are evidence.
     pub fn on_file(&mut self, pid: u32, path: &str, write: bool) {
-        // Runs for every file event: a cheap gate first, the table after.
-        let interesting = if write {
-            let name = path.rsplit('/').next().unwrap_or(path);
-            name.starts_with('.') && WRITTEN_NAMES.contains(&name)
-        } else {
-            path.contains("/site-packages/") && MODULE_PATHS.iter().any(|m| path.contains(m))
-        };
-        if !interesting {
+        if !is_evidence(path, write) {
             return;
         }
         let Some(mut state) = self.processes.pop(&pid) else { return };
-        let list = if write { &mut state.fingerprint.written_names } else { &mut state.fingerprint.read_paths };
-        let entry = if write { path.rsplit('/').next().unwrap_or(path).to_owned() } else { path.to_owned() };
-        if list.len() < EVIDENCE_KEPT && !list.contains(&entry) {
-            list.push(entry);
+        let entry = if write { path.rsplit('/').next().unwrap_or(path) } else { path };
+        let entry = &entry[..floor_char_boundary(entry, EVIDENCE_MAX_LEN)];
+        let fingerprint = &state.fingerprint;
+        let list = if write { &fingerprint.written_names } else { &fingerprint.read_paths };
+        if list.len() < EVIDENCE_KEPT && !list.iter().any(|e| e == entry) {
+            let fingerprint = Arc::make_mut(&mut state.fingerprint);
+            let list = if write { &mut fingerprint.written_names } else { &mut fingerprint.read_paths };
+            list.push(entry.to_owned());
             self.reclassify(pid, &mut state);
         }
-        self.processes.put(pid, state);
+        self.put(pid, state);
     }
 
     /// A process made a TLS handshake; returns why it contradicts the
@@ -343,11 +356,12 @@ impl AgentTracker {
     pub fn on_tls(&mut self, pid: u32, server_name: &str) -> Option<String> {
         let mut state = self.processes.pop(&pid)?;
         if state.fingerprint.first_sni.is_none() {
-            state.fingerprint.first_sni = Some(server_name.to_owned());
+            let name = &server_name[..floor_char_boundary(server_name, EVIDENCE_MAX_LEN)];
+            Arc::make_mut(&mut state.fingerprint).first_sni = Some(name.to_owned());
             self.reclassify(pid, &mut state);
         }
-        let agent_type = governing!(self).effective_type(state.agent);
-        self.processes.put(pid, state);
+        let agent_type = self.effective_type(state.governed);
+        self.put(pid, state);
         agents::egress_mismatch(agent_type?, server_name)
     }
 
@@ -356,21 +370,27 @@ impl AgentTracker {
         if let Some(state) = self.processes.get(&pid)
             && let Some(label) = &state.label
         {
-            if let Some(feed) = &self.feed {
-                feed.saw(state.agent);
+            if let (Some(feed), Governed::Agent(index)) = (&self.feed, state.governed) {
+                feed.saw(index);
             }
             return Arc::clone(label);
         }
         let lineage = self.lineage(pid);
         if let Some(state) = self.processes.get_mut(&pid) {
-            let mut label = build_label(governing!(self), state, &self.unknown_label);
+            let subject = label::Subject {
+                governed: state.governed,
+                own: state.own.as_deref(),
+                inherited: state.inherited,
+                claimed: state.claimed,
+            };
+            let mut label = label::build(governing!(self), &subject, &self.unknown_label);
             if !lineage.is_empty() {
                 label.metadata.push(("agent_lineage", Arc::from(lineage)));
             }
             let label = Arc::new(label);
             state.label = Some(Arc::clone(&label));
-            if let Some(feed) = &self.feed {
-                feed.saw(state.agent);
+            if let (Some(feed), Governed::Agent(index)) = (&self.feed, state.governed) {
+                feed.saw(index);
             }
             return label;
         }
@@ -395,59 +415,89 @@ impl AgentTracker {
         let mut current = self.processes.peek(&pid).map(|s| s.parent);
         while let Some(ancestor) = current.filter(|&p| p != 0 && chain.len() < LINEAGE_DEPTH) {
             let state = self.processes.peek(&ancestor);
-            let agent_type = state.and_then(|s| governing!(self).effective_type(s.agent)).unwrap_or(UNKNOWN);
+            let agent_type = state.and_then(|s| self.effective_type(s.governed)).unwrap_or(UNKNOWN);
             chain.push(format!("{ancestor}:{agent_type}"));
             current = state.map(|s| s.parent);
         }
         chain.join(",")
     }
 
-    /// Scores the fingerprint again and adopts a confident result.
+    /// The type a governance labels events with (None: no agent type).
+    fn effective_type(&self, governed: Governed) -> Option<&'static str> {
+        match governed {
+            Governed::Agent(index) => governing!(self).effective_type(index),
+            Governed::Type(agent_type) => Some(agent_type),
+            Governed::Unregistered | Governed::None => None,
+        }
+    }
+
+    /// The kernel class of a governance.
+    fn class(&self, governed: Governed) -> u32 {
+        match governed {
+            Governed::None => 0,
+            Governed::Agent(index) => governing!(self).class(index),
+            Governed::Type(agent_type) => class_of(agent_type).unwrap_or(0),
+            Governed::Unregistered if self.unregistered.restriction().is_some() => UNREGISTERED_CLASS,
+            Governed::Unregistered => UNKNOWN_CLASS,
+        }
+    }
+
+    /// How strictly `governed` governs; an operator's override counts as
+    /// an agent whatever its type (detection never undoes an operator).
+    fn rank(&self, governed: Governed) -> Rank {
+        let rank = Rank::of_class(self.class(governed));
+        match governed {
+            Governed::Agent(index) if governing!(self).overridden(index) => rank.max(Rank::Agent),
+            _ => rank,
+        }
+    }
+
+    /// Scores the fingerprint again and adopts a result that makes the
+    /// process's governance stricter (see `governance`); a confident one it
+    /// may not adopt is kept as a claim.
     fn reclassify(&mut self, pid: u32, state: &mut ProcState) {
         let own = agents::classify(&state.fingerprint);
         state.label = None;
-        // Under quarantine or deny an unregistered agent stays restricted,
-        // whatever it or its children exec next: exec'ing a known agent's
-        // binary is no way out (an operator promotes it instead).
-        let restricted = state.unregistered
-            && self.unregistered.restriction().is_some()
-            && !governing!(self).overridden(state.agent);
-        if own.is_confident() && !restricted {
+        let rank = self.rank(state.governed);
+        if own.is_confident() && rank.may_become_agent() {
             let index = self.discover(own.agent_type, &state.fingerprint, &own);
-            state.unregistered = false;
-            if state.agent != index {
-                state.agent = index;
-                state.inherited_from = None;
-                self.write_kernel(pid, index);
+            let governed = if index == 0 { Governed::Type(own.agent_type) } else { Governed::Agent(index) };
+            self.adopt(pid, state, governed);
+        } else if own.is_confident() {
+            let claimed = (self.effective_type(state.governed) != Some(own.agent_type)).then_some(own.agent_type);
+            if claimed.is_some() && state.claimed != claimed {
+                self.claims_ignored += 1;
             }
-        } else if state.agent == 0 && own.confidence > 0 && !state.unregistered {
+            state.claimed = claimed.or(state.claimed);
+        } else if rank == Rank::None && own.confidence > 0 {
             // An unregistered agent: discovered as `unknown`, so operators
             // see it and can promote it. Under quarantine or deny the
             // kernel governs it (and, through fork, its children) by the
             // unregistered overlay from now on.
-            state.unregistered = true;
             let index = self.discover(UNKNOWN, &state.fingerprint, &own);
-            if index != 0 {
-                state.agent = index;
-                state.inherited_from = None;
-                self.write_kernel(pid, index);
-            } else if self.unregistered.restriction().is_some() {
-                // Not registered (too many): restricted all the same.
-                self.write_kernel_class(pid, 0, UNREGISTERED_CLASS);
-            }
+            let governed = if index == 0 { Governed::Unregistered } else { Governed::Agent(index) };
+            self.adopt(pid, state, governed);
         }
-        state.own = Some(own).filter(|c| c.confidence > 0);
+        state.own = Some(Arc::new(own)).filter(|c| c.confidence > 0);
     }
 
-    /// Whether agent `index` is an unregistered agent (detected `unknown`).
-    fn is_unregistered_agent(&self, index: u32) -> bool {
-        self.registry.by_index(index).is_some_and(|a| a.agent_type == UNKNOWN)
+    /// Puts the process under `governed`, in the kernel too.
+    fn adopt(&mut self, pid: u32, state: &mut ProcState, governed: Governed) {
+        if state.governed != governed {
+            state.governed = governed;
+            state.inherited = false;
+            state.claimed = None;
+            if let Some(entry) = self.write_governed(pid, governed) {
+                state.kernel_entry = Some(entry);
+            }
+        }
     }
 
     /// Registers (or finds) the agent of type `agent_type` for this
     /// fingerprint; tells the feed when it is new or its hash became known.
+    /// 0: not registered (the registry is full).
     fn discover(&mut self, agent_type: &str, fingerprint: &Fingerprint, own: &Classification) -> u32 {
-        let known = self.registry.agents().len();
+        let known = self.registry.len();
         let index = self.registry.discover(
             agent_type,
             &identity(fingerprint),
@@ -455,7 +505,10 @@ impl AgentTracker {
             own.confidence,
             &own.evidence_text(),
         );
-        let mut changed = self.registry.agents().len() != known;
+        if index == 0 {
+            return 0;
+        }
+        let mut changed = self.registry.len() != known;
         if let Some(hasher) = self.hasher.as_mut()
             && let Some(sha) = hasher.sha256(Path::new(&fingerprint.exe))
         {
@@ -467,57 +520,28 @@ impl AgentTracker {
         index
     }
 
-    fn write_kernel(&mut self, pid: u32, index: u32) {
-        let class = governing!(self).class(index);
-        self.write_kernel_class(pid, index, class);
-    }
-
-    fn write_kernel_class(&mut self, pid: u32, index: u32, agent_type: u32) {
-        let Some(kernel) = &self.kernel else { return };
-        let value = tyr_agent_class { agent: index, agent_type };
-        // SAFETY: tyr_agent_class is a Plain repr(C) struct of two u32.
-        let bytes = unsafe { plain::as_bytes(&value) };
-        if kernel.update(&pid.to_ne_bytes(), bytes, MapFlags::ANY).is_err() {
-            self.kernel_update_failures += 1;
+    /// Writes `governed` as `pid`'s kernel entry, unless the entry there
+    /// now would become less strict (counted) or the process is gone;
+    /// returns the entry written, as (agent, class).
+    fn write_governed(&mut self, pid: u32, governed: Governed) -> Option<(u32, u32)> {
+        let agent = match governed {
+            Governed::Agent(index) => index,
+            _ => 0,
+        };
+        let value = tyr_agent_class { agent, agent_type: self.class(governed) };
+        let kernel = self.kernel.as_ref()?;
+        match kernel.write(pid, value, self.record_ns) {
+            Write::Written => return Some((value.agent, value.agent_type)),
+            Write::Gone => {}
+            Write::Refused => self.kernel_moves_refused += 1,
+            Write::Failed => self.kernel_update_failures += 1,
         }
+        None
     }
 
     /// The unregistered-agents mode events are labelled with.
     pub fn unregistered(&self) -> UnregisteredAgents {
         self.unregistered
-    }
-}
-
-fn build_label(governing: Governing<'_>, state: &ProcState, unknown: &AgentLabel) -> AgentLabel {
-    let mut metadata = Vec::new();
-    if let Some(own) = &state.own {
-        metadata.push(("agent_evidence", Arc::from(own.evidence_text())));
-        metadata.push(("agent_confidence", Arc::from(own.confidence.to_string())));
-        if !own.is_confident() {
-            metadata.push(("agent_candidate", Arc::from(own.agent_type)));
-        }
-    }
-    let agent = governing.registry.by_index(state.agent);
-    match (agent, governing.effective_type(state.agent)) {
-        (Some(agent), Some(agent_type)) => {
-            if state.inherited_from.is_some() {
-                metadata.push(("agent_inherited", Arc::from("true")));
-            }
-            if governing.overridden(state.agent) {
-                metadata.push(("agent_detected_type", Arc::from(agent.agent_type.as_str())));
-            } else if state.unregistered {
-                metadata.extend(unknown.metadata.iter().cloned());
-                metadata.push((UNREGISTERED_AGENT, Arc::from("true")));
-            }
-            AgentLabel { agent_type, discovered_agent_id: agent.id.to_string(), metadata }
-        }
-        _ => {
-            metadata.extend(unknown.metadata.iter().cloned());
-            if state.unregistered {
-                metadata.push((UNREGISTERED_AGENT, Arc::from("true")));
-            }
-            AgentLabel { agent_type: UNKNOWN, discovered_agent_id: String::new(), metadata }
-        }
     }
 }
 

@@ -16,11 +16,14 @@ use tyr_proto::{Event, EventKind, Severity, Verdict};
 use uuid::{NoContext, Timestamp, Uuid};
 
 use super::clock::BootClock;
+use super::file_event::{self, FileRecord};
+use super::open_flags::open_flags_text;
 use super::process_cache::{ProcessCache, ProcessInfo};
 use crate::capture::client_hello;
-use crate::capture::record::{self, DecodeError, FLAG_OWNER_UNKNOWN, Header, KernelDecision, Record};
+use crate::capture::record::{self, DecodeError, FLAG_DIRECTORY, FLAG_OWNER_UNKNOWN, Header, KernelDecision, Record};
 use crate::detect::tracker::{AgentLabel, AgentTracker, UNREGISTERED_AGENT};
 use crate::enforce::PolicyVersions;
+use crate::redact;
 use tyr_common::policy::compile::UNREGISTERED;
 use tyr_common::policy::model::{Request, Severity as PolicySeverity, Verdict as PolicyVerdict};
 
@@ -78,6 +81,8 @@ impl EventBuilder {
     /// Builds the event for a decoded record.
     pub fn event(&mut self, record: &Record<'_>) -> Event {
         let header = *record.header();
+        // Kernel agent entries are written only for processes as old as this record.
+        self.agents.at(header.boot_ns);
         let mut metadata = BTreeMap::new();
         metadata.insert("uid".to_owned(), header.uid.to_string());
         metadata.insert("comm".to_owned(), header.comm().into_owned());
@@ -87,15 +92,20 @@ impl EventBuilder {
         let mut exit_label = None;
         let mut decision = None;
         let (kind, resource, process) = match record {
-            Record::Exec { exe, result, decision: kernel, .. } if *result != 0 => {
+            Record::Exec { exe, result, decision: kernel, failsafe, .. } if *result != 0 => {
                 // Refused by policy: the process keeps its image.
                 decision = Some(*kernel);
                 metadata.insert("error".to_owned(), errno_text(-result));
+                if let Some(reason) = file_event::failsafe_text(*failsafe) {
+                    metadata.insert(file_event::FAILSAFE_KEY.to_owned(), reason.to_owned());
+                }
                 (EventKind::Exec, String::from_utf8_lossy(exe).into_owned(), self.cache.get(header.pid))
             }
             Record::Exec { exe, argv, decision: kernel, .. } => {
                 decision = kernel.decided().then_some(*kernel);
                 let exe = String::from_utf8_lossy(exe);
+                // Credentials out before argv is kept anywhere (event, fingerprint, registry).
+                let argv = &redact::argv(argv, header.truncated());
                 let info = self.cache.on_exec(header.pid, header.ppid, &exe, argv);
                 if let Some(sha) = self.agents.on_exec(header.pid, header.ppid, &exe, argv, header.agent) {
                     metadata.insert("exe_sha256".to_owned(), sha);
@@ -121,19 +131,46 @@ impl EventBuilder {
                 }
                 (EventKind::Exit, info.exe.to_string(), info)
             }
-            Record::File { result, open_flags, path, name, source, decision: kernel, .. } => {
+            Record::File {
+                result,
+                open_flags,
+                path,
+                name,
+                source,
+                op,
+                identity,
+                decided_on_identity,
+                failsafe,
+                decision: kernel,
+                ..
+            } => {
                 decision = kernel.decided().then_some(*kernel);
                 let kind =
                     if header.kind == EventKind::FileWrite as u16 { EventKind::FileWrite } else { EventKind::FileRead };
-                metadata.insert("flags".to_owned(), open_flags_text(*open_flags));
+                let opened = *op == 0;
+                if opened {
+                    metadata.insert("flags".to_owned(), open_flags_text(*open_flags));
+                }
                 metadata.insert("source".to_owned(), if *source == 1 { "lsm" } else { "syscall" }.to_owned());
-                let resource = if *result >= 0 {
-                    metadata.insert("fd".to_owned(), result.to_string());
+                let asked = if *result >= 0 {
+                    if opened {
+                        metadata.insert("fd".to_owned(), result.to_string());
+                    }
                     String::from_utf8_lossy(path).into_owned()
                 } else {
                     metadata.insert("error".to_owned(), errno_text(-result));
-                    join_lexically(path, name)
+                    if opened { join_lexically(path, name) } else { String::from_utf8_lossy(path).into_owned() }
                 };
+                let record = FileRecord {
+                    op: *op,
+                    path: asked,
+                    name,
+                    identity,
+                    decided_on_identity: *decided_on_identity,
+                    failsafe: *failsafe,
+                    directory: header.flags & FLAG_DIRECTORY != 0,
+                };
+                let resource = file_event::resource(record, &mut metadata);
                 self.agents.on_file(header.pid, &resource, kind == EventKind::FileWrite);
                 (kind, resource, self.cache.get(header.pid))
             }
@@ -179,16 +216,27 @@ impl EventBuilder {
         let (version, rule) = (i64::try_from(decision.policy_version).unwrap_or(i64::MAX), decision.rule);
         event.verdict = i32::try_from(decision.verdict).unwrap_or(0);
         event.policy_version = version;
-        match self.policies.rule(version, rule) {
-            Some(info) => {
-                event.metadata.insert("rule".to_owned(), info.name);
-                event.severity = severity_of(info.severity) as i32;
-            }
-            None if rule == 0 => {
-                event.metadata.insert("rule".to_owned(), "default".to_owned());
-            }
-            None => {
-                event.metadata.insert("rule".to_owned(), format!("#{rule}"));
+        // Refusals that are not rule decisions name why instead of a rule.
+        let not_a_rule =
+            match (event.metadata.get(file_event::FAILSAFE_KEY), event.metadata.get(file_event::OPERATION_KEY)) {
+                (Some(_), _) => Some(file_event::FAILSAFE_RULE),
+                (None, Some(operation)) if operation == "userns_create" => Some(file_event::USERNS_RULE),
+                _ => None,
+            };
+        if let Some(name) = not_a_rule {
+            event.metadata.insert("rule".to_owned(), name.to_owned());
+        } else {
+            match self.policies.rule(version, rule) {
+                Some(info) => {
+                    event.metadata.insert("rule".to_owned(), info.name);
+                    event.severity = severity_of(info.severity) as i32;
+                }
+                None if rule == 0 => {
+                    event.metadata.insert("rule".to_owned(), "default".to_owned());
+                }
+                None => {
+                    event.metadata.insert("rule".to_owned(), format!("#{rule}"));
+                }
             }
         }
         if event.verdict == Verdict::Deny as i32 {
@@ -368,36 +416,6 @@ fn join_lexically(dir: &[u8], name: &[u8]) -> String {
     joined.to_string_lossy().into_owned()
 }
 
-/// Open flags as `O_*` names.
-fn open_flags_text(flags: u32) -> String {
-    const NAMED: [(u32, &str); 10] = [
-        (0o100, "O_CREAT"),
-        (0o200, "O_EXCL"),
-        (0o1000, "O_TRUNC"),
-        (0o2000, "O_APPEND"),
-        (0o4000, "O_NONBLOCK"),
-        (0o200000, "O_DIRECTORY"),
-        (0o400000, "O_NOFOLLOW"),
-        (0o2000000, "O_CLOEXEC"),
-        (0o10000000, "O_PATH"),
-        (0o20200000, "O_TMPFILE"),
-    ];
-    let access = match flags & 0o3 {
-        0 => "O_RDONLY",
-        1 => "O_WRONLY",
-        2 => "O_RDWR",
-        _ => "O_ACCMODE",
-    };
-    let mut text = access.to_owned();
-    for (bit, name) in NAMED {
-        if flags & bit == bit {
-            text.push('|');
-            text.push_str(name);
-        }
-    }
-    text
-}
-
 fn errno_text(errno: i32) -> String {
     let name = match errno {
         1 => "EPERM",
@@ -448,6 +466,15 @@ mod tests {
         assert_eq!(exit.kind, EventKind::Exit as i32);
         assert_eq!(exit.metadata["exit_code"], "3");
         assert_eq!(exit.resource, "/usr/bin/cat");
+    }
+
+    #[test]
+    fn exec_arguments_lose_their_credentials() {
+        let mut b = builder();
+        let argv = ["codex", "--openai-api-key", "sk-proj-0123456789abcdefghij", "--verbose"];
+        let exec = b.build(&encode::exec(51, 1, "codex", "/usr/bin/codex", &argv)).expect("exec");
+        assert_eq!(exec.cmdline, "codex --openai-api-key [REDACTED] --verbose");
+        assert_eq!(exec.metadata["argc"], "4");
     }
 
     #[test]

@@ -1,19 +1,31 @@
 //! A bounded cache of what tyrd knows about each live process: executable,
 //! command line, parent and a short ancestor chain. Fed by exec, fork and
 //! exit records; processes that started before tyrd are read from /proc
-//! once, on first sight.
+//! once, on first sight. Bounded in entries and bytes (a flood of forks
+//! with long command lines evicts the least recently used, counted).
 
 use std::fs;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lru::LruCache;
+use super::bounded_lru::BoundedLru;
+
+use crate::redact;
 
 /// Longest command line kept, in bytes.
 pub const CMDLINE_MAX: usize = 1024;
+/// Bytes of a /proc command line scanned for credentials (redaction can
+/// lengthen a value, so more than is kept).
+const REDACT_SCAN_MAX: usize = 4 * CMDLINE_MAX;
 /// Ancestors listed in a process's lineage.
 pub const LINEAGE_DEPTH: usize = 4;
+/// Longest executable path of an ancestor kept in a lineage (its end).
+pub const LINEAGE_EXE_MAX: usize = 256;
+/// Bytes of executables, command lines and lineages cached, at most.
+pub const CACHE_BYTES: usize = 32 << 20;
+/// What an entry costs besides its strings (map slot, Arc headers).
+const ENTRY_OVERHEAD: usize = 128;
 
 /// What the cache knows about one process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,7 +40,7 @@ pub struct ProcessInfo {
 /// The cache. Single-threaded: owned by the ring reader.
 #[derive(Debug)]
 pub struct ProcessCache {
-    entries: LruCache<u32, Arc<ProcessInfo>>,
+    entries: BoundedLru<u32, Arc<ProcessInfo>>,
     proc_root: PathBuf,
     /// Lookups answered from /proc because the process was not seen starting.
     pub proc_reads: u64,
@@ -41,6 +53,14 @@ pub fn cmdline_from_argv(argv: &[u8]) -> String {
     String::from_utf8_lossy(bounded).replace('\0', " ")
 }
 
+/// The command line of an argv read whole from /proc, credentials
+/// redacted (exec records are redacted when built into events). Only a
+/// bounded prefix is scanned: the rest would be cut at [`CMDLINE_MAX`].
+fn redacted_cmdline(argv: &[u8]) -> String {
+    let scanned = &argv[..argv.len().min(REDACT_SCAN_MAX)];
+    cmdline_from_argv(&redact::argv(scanned, scanned.len() < argv.len()))
+}
+
 impl ProcessCache {
     /// A cache of at most `capacity` processes, reading misses from /proc.
     pub fn new(capacity: NonZeroUsize) -> Self {
@@ -49,7 +69,12 @@ impl ProcessCache {
 
     /// As [`new`](Self::new), with another procfs root (tests, benchmarks).
     pub fn with_proc_root(capacity: NonZeroUsize, proc_root: PathBuf) -> Self {
-        Self { entries: LruCache::new(capacity), proc_root, proc_reads: 0 }
+        Self { entries: BoundedLru::new(capacity, CACHE_BYTES), proc_root, proc_reads: 0 }
+    }
+
+    fn put(&mut self, pid: u32, info: Arc<ProcessInfo>) {
+        let size = ENTRY_OVERHEAD + info.exe.len() + info.cmdline.len() + info.lineage.len();
+        self.entries.put(pid, info, size);
     }
 
     fn lineage_of(&mut self, ppid: u32) -> Arc<str> {
@@ -57,7 +82,7 @@ impl ProcessCache {
             return Arc::from("");
         }
         let parent = self.get(ppid);
-        let mut chain = format!("{ppid}:{}", parent.exe);
+        let mut chain = format!("{ppid}:{}", tail(&parent.exe, LINEAGE_EXE_MAX));
         for ancestor in parent.lineage.split(',').filter(|a| !a.is_empty()).take(LINEAGE_DEPTH - 1) {
             chain.push(',');
             chain.push_str(ancestor);
@@ -70,7 +95,7 @@ impl ProcessCache {
         let lineage = self.lineage_of(ppid);
         let info =
             Arc::new(ProcessInfo { exe: Arc::from(exe), cmdline: Arc::from(cmdline_from_argv(argv)), ppid, lineage });
-        self.entries.put(pid, Arc::clone(&info));
+        self.put(pid, Arc::clone(&info));
         info
     }
 
@@ -79,7 +104,7 @@ impl ProcessCache {
         let parent_info = self.get(parent);
         let lineage = self.lineage_of(parent);
         let info = ProcessInfo { ppid: parent, lineage, ..(*parent_info).clone() };
-        self.entries.put(child, Arc::new(info));
+        self.put(child, Arc::new(info));
     }
 
     /// A process exited; returns what was known about it.
@@ -96,7 +121,7 @@ impl ProcessCache {
         }
         self.proc_reads += 1;
         let info = Arc::new(self.read_proc(pid));
-        self.entries.put(pid, Arc::clone(&info));
+        self.put(pid, Arc::clone(&info));
         info
     }
 
@@ -104,7 +129,7 @@ impl ProcessCache {
     fn read_proc(&mut self, pid: u32) -> ProcessInfo {
         let dir = self.proc_root.join(pid.to_string());
         let exe = fs::read_link(dir.join("exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-        let cmdline = fs::read(dir.join("cmdline")).map(|argv| cmdline_from_argv(&argv)).unwrap_or_default();
+        let cmdline = fs::read(dir.join("cmdline")).map(|argv| redacted_cmdline(&argv)).unwrap_or_default();
         let ppid = fs::read_to_string(dir.join("stat")).ok().and_then(|stat| parse_stat_ppid(&stat)).unwrap_or(0);
         // Lineage of a process found late is left empty rather than walking
         // /proc up the tree on the hot path.
@@ -120,6 +145,20 @@ impl ProcessCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Processes evicted to keep the cache within its bounds.
+    pub fn evicted(&self) -> u64 {
+        self.entries.evicted
+    }
+}
+
+/// The last `max` bytes of `text` (at a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// The ppid field of /proc/PID/stat ("pid (comm) state ppid ..."); comm may
@@ -160,6 +199,16 @@ mod tests {
             cache.on_exec(pid + 2, 1, "/bin/true", b"true\0");
         }
         assert!(cache.len() <= 4);
+        assert_eq!(cache.evicted(), 100 - 4 + 1, "each exec past the fourth entry evicted one");
+        // Long command lines and paths: bounded in bytes as well.
+        let mut cache = ProcessCache::with_proc_root(NonZeroUsize::new(1 << 20).expect("nonzero"), "/x".into());
+        let long = format!("/{}", "a".repeat(4000));
+        let argv = vec![b'x'; 8000];
+        for pid in 2..20_000 {
+            cache.on_exec(pid, pid - 1, &long, &argv);
+        }
+        assert!(cache.entries.bytes() <= CACHE_BYTES && cache.len() < 20_000, "{} entries", cache.len());
+        assert!(cache.get(19_999).lineage.len() <= LINEAGE_DEPTH * (LINEAGE_EXE_MAX + 8), "lineage bounded");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! of at most one block is the price of not writing on every event).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const BLOCK: u64 = 1 << 20;
@@ -25,7 +24,7 @@ pub struct SeqAllocator {
 impl SeqAllocator {
     /// An allocator persisting its reservations under `state_dir`.
     pub fn persistent(state_dir: &Path) -> std::io::Result<Self> {
-        fs::create_dir_all(state_dir)?;
+        crate::private_fs::ensure_dir(state_dir)?;
         let path = state_dir.join(FILE_NAME);
         let start = match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| {
@@ -58,11 +57,7 @@ impl SeqAllocator {
     fn reserve(&mut self) -> std::io::Result<()> {
         let until = self.next.saturating_add(BLOCK - 1);
         if let Some(path) = &self.path {
-            let tmp = path.with_extension("tmp");
-            let mut file = fs::File::create(&tmp)?;
-            writeln!(file, "{until}")?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)?;
+            crate::private_fs::write_atomic(path, format!("{until}\n").as_bytes())?;
         }
         self.reserved_until = until;
         Ok(())

@@ -6,9 +6,8 @@
 //! still says which numbers were used: a damaged batch becomes a visible gap
 //! at the server, never a reused number.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use prost::Message;
@@ -113,7 +112,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<EventBatch, FrameError> {
 
 /// Makes the directory's entries (creations, renames, removals) durable.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::private_fs::sync_dir(dir)
 }
 
 /// How far a durable write got before failing.
@@ -133,7 +132,8 @@ pub(super) enum WriteFailure {
 pub(super) fn write_durably(dir: &Path, tmp: &str, name: &str, bytes: &[u8]) -> Result<(), WriteFailure> {
     let (tmp_path, path) = (dir.join(tmp), dir.join(name));
     let written = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp_path)?;
+        // 0600 from creation on, whatever a stale temporary had.
+        let mut file = crate::private_fs::create(&tmp_path)?;
         file.write_all(bytes)?;
         file.sync_all()
     })();

@@ -39,7 +39,6 @@ mod rejected;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -233,8 +232,8 @@ impl Spool {
     /// dropped and counted (`torn_files`, `torn_events`) with its numbers
     /// kept used, and numbering resumes after the highest number used.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
-        fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error("restricting", dir))?;
+        // 0700 when created here; an existing directory is reported, not chmod'ed.
+        crate::private_fs::ensure_dir(dir).map_err(io_error("creating", dir))?;
         let acked = read_state(dir, ACKED_FILE)?;
         let floor = read_state(dir, FLOOR_FILE)?;
         let mut state = State::default();

@@ -8,7 +8,6 @@
 //! deleted (and counted) past it.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use tracing::{error, warn};
@@ -66,8 +65,7 @@ impl Spool {
         };
         let dir = &self.inner.dir;
         let aside = dir.join(REJECTED_DIR);
-        fs::create_dir_all(&aside).map_err(io_error("creating", &aside))?;
-        fs::set_permissions(&aside, fs::Permissions::from_mode(0o700)).map_err(io_error("restricting", &aside))?;
+        crate::private_fs::ensure_dir(&aside).map_err(io_error("creating", &aside))?;
         if entry.last > previous {
             // Durable before the file goes: it holds the last number used
             // once the batch is out of the spool directory.

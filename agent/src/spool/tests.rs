@@ -1,6 +1,7 @@
 //! Unit tests of the spool: replay order, acknowledgement, the bound,
 //! recovery after reopen, damaged files, write failures, and a model check.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use proptest::prelude::*;
@@ -382,4 +383,39 @@ fn the_rejected_directory_is_bounded() {
     assert!(aside.contains(&file::batch_name(total as u64, total as u64)));
     let stats = spool.stats();
     assert_eq!((stats.rejected_batches, stats.rejected_files_deleted), (total as u64, 3));
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("exists").permissions().mode() & 0o7777
+}
+
+#[test]
+fn batches_and_state_files_are_private_in_a_private_directory() {
+    let dir = TempDir::new();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    spool.append(events(2, "p")).expect("append");
+    spool.acknowledge(1).expect("ack");
+    spool.append(events(1, "q")).expect("append");
+    assert_eq!(mode(&dir.0), 0o700, "created by the spool: 0700");
+    for entry in fs::read_dir(&dir.0).expect("list") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
+
+#[test]
+fn an_existing_open_directory_is_used_as_it_is() {
+    let dir = TempDir::new();
+    fs::create_dir_all(&dir.0).expect("create");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let before = crate::private_fs::exposed_dirs();
+    let spool = Spool::open(&dir.0, u64::MAX).expect("open");
+    assert!(crate::private_fs::exposed_dirs() > before, "reported");
+    assert_eq!(mode(&dir.0), 0o755, "not chmod'ed: the spool did not create it");
+    // A leftover temporary with a permissive mode must not lend it to a batch.
+    let stale = dir.0.join(file::tmp_name(1));
+    fs::write(&stale, b"stale").expect("stale");
+    fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let appended = spool.append(events(1, "s")).expect("append");
+    assert_eq!(mode(&dir.0.join(file::batch_name(appended.first_seq, appended.last_seq))), 0o600);
 }

@@ -167,3 +167,23 @@ pub fn meta<'a>(event: &'a Value, name: &str) -> &'a str {
 pub fn marker(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
+
+/// Compiles a C stand-in program `source` (gcc -O2) into a fresh temporary
+/// directory named from `prefix`; returns the binary.
+#[allow(dead_code)] // not every test binary builds stand-ins
+pub fn compile_standin(prefix: &str, source: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(marker(prefix));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("standin.c"), source).expect("source");
+    let status = Command::new("gcc").args(["-O2", "-o"]).arg(dir.join("standin")).arg(dir.join("standin.c")).status();
+    assert!(status.expect("gcc").success(), "compile the stand-in");
+    dir.join("standin")
+}
+
+/// Copies `binary` to `path` (directories created); returns `path`.
+#[allow(dead_code)] // not every test binary installs stand-ins
+pub fn install_copy(binary: &std::path::Path, path: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+    std::fs::copy(binary, path).expect("copy stand-in");
+    path.to_path_buf()
+}

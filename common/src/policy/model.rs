@@ -125,7 +125,9 @@ pub enum PathPattern {
     /// `/etc/shadow`: exactly this path.
     Exact(String),
     /// `/home/*/.ssh/*`, `*.pem`: `*` matches any run of characters,
-    /// `/` included (as Cedar's `like` does; `**` means the same).
+    /// `/` included (as Cedar's `like` does; `**` means the same). Matched
+    /// by the kernel's automaton ([`super::compile::glob`]), in time linear
+    /// in the path.
     Glob(String),
 }
 
@@ -134,7 +136,7 @@ impl PathPattern {
         match self {
             PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()) || path == &prefix[..prefix.len() - 1],
             PathPattern::Exact(exact) => path == exact,
-            PathPattern::Glob(glob) => glob_matches(glob.as_bytes(), path.as_bytes()),
+            PathPattern::Glob(glob) => super::compile::glob::matches(glob, path),
         }
     }
 
@@ -151,15 +153,6 @@ impl PathPattern {
 impl std::fmt::Display for PathPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Glob matching where `*` (and `**`) matches any bytes, `/` included.
-fn glob_matches(glob: &[u8], path: &[u8]) -> bool {
-    match glob.split_first() {
-        None => path.is_empty(),
-        Some((b'*', rest)) => (0..=path.len()).any(|i| glob_matches(rest, &path[i..])),
-        Some((&c, rest)) => path.first() == Some(&c) && glob_matches(rest, &path[1..]),
     }
 }
 

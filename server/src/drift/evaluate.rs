@@ -44,6 +44,11 @@ pub const REMOTE_IP_KEY: &str = "remote_ip";
 pub const REMOTE_PORT_KEY: &str = "remote_port";
 /// Metadata key of the TLS server name.
 pub const SNI_KEY: &str = "sni";
+/// Metadata key tyrd sets to `subtree` on a directory's rename or mount,
+/// decided in the kernel as everything below the directory.
+pub const SCOPE_KEY: &str = "scope";
+/// Metadata key tyrd sets on a refusal the kernel made without deciding.
+pub const FAILSAFE_KEY: &str = "failsafe";
 /// Agent type of processes no known agent matched.
 pub const UNKNOWN_AGENT_TYPE: &str = "unknown";
 
@@ -110,6 +115,15 @@ fn request_of(event: &Event) -> Governed<'_> {
         let port = event.metadata.get(REMOTE_PORT_KEY)?.parse::<u16>().ok()?;
         Some((addr, port))
     };
+    // A directory renamed or mounted over is decided in the kernel as
+    // everything below it, which a request for one path cannot express.
+    // Likewise a refusal the kernel made without deciding (fail closed):
+    // no rule was evaluated, so there is nothing to compare.
+    if event.metadata.get(SCOPE_KEY).is_some_and(|scope| scope == "subtree")
+        || event.metadata.contains_key(FAILSAFE_KEY)
+    {
+        return Governed::No;
+    }
     let path = || (!event.resource.is_empty()).then_some(event.resource.as_str());
     let request = match EventKind::try_from(event.kind) {
         Ok(EventKind::FileRead) => path().map(|path| Request::File { write: false, path }),

@@ -1,5 +1,5 @@
 //! The tracker's unit tests: classification, inheritance, restriction,
-//! behavioural evidence, and operators' overrides.
+//! behavioural evidence, operators' overrides, no laundering, and bounds.
 
 use super::*;
 use crate::detect::feed::AgentFeed;
@@ -71,12 +71,6 @@ fn classification_inheritance_and_evidence() {
 }
 
 #[test]
-fn the_file_gate_covers_the_table() {
-    assert!(!MODULE_PATHS.is_empty() && MODULE_PATHS.iter().all(|m| m.contains("/site-packages/")));
-    assert!(!WRITTEN_NAMES.is_empty() && WRITTEN_NAMES.iter().all(|n| n.starts_with('.')));
-}
-
-#[test]
 fn behaviour_completes_a_fingerprint() {
     let mut t = AgentTracker::detached();
     t.on_exec(30, 1, "/usr/bin/python3.11", &argv(&["python3", "agent.py"]), 0);
@@ -93,7 +87,7 @@ fn behaviour_completes_a_fingerprint() {
         argv: vec!["python3".into(), "-u".into(), "bots/agent.py".into()],
         ..Fingerprint::default()
     };
-    assert_eq!(identity(&fp), "/usr/bin/python3 bots/agent.py");
+    assert_eq!(fingerprint::identity(&fp), "/usr/bin/python3 bots/agent.py");
 }
 
 #[test]
@@ -113,10 +107,11 @@ fn an_override_relabels_running_and_later_processes() {
     let mut t = AgentTracker::detached().with_feed(Arc::clone(&feed));
     // An unregistered agent (an LLM key, nothing else): discovered as unknown.
     t.on_exec(50, 1, "/usr/bin/python3", &argv(&["python3", "/srv/bot.py"]), 0);
-    t.processes.get_mut(&50).expect("tracked").fingerprint.env_names = vec!["OPENAI_API_KEY".into()];
+    Arc::make_mut(&mut t.processes.get_mut(&50).expect("tracked").fingerprint).env_names =
+        vec!["OPENAI_API_KEY".into()];
     let mut state = t.processes.pop(&50).expect("tracked");
     t.reclassify(50, &mut state);
-    t.processes.put(50, state);
+    t.put(50, state);
     let before = t.label(50, 0);
     assert_eq!(before.agent_type, UNKNOWN);
     assert!(!before.discovered_agent_id.is_empty(), "an unregistered agent is discovered");
@@ -152,4 +147,84 @@ fn an_override_relabels_running_and_later_processes() {
     // Clearing the set restores the detected type.
     t.apply_overrides(OverrideSet::default());
     assert_eq!(t.label(50, 0).agent_type, UNKNOWN);
+}
+
+const CLAUDE: &str = "/opt/@anthropic-ai/claude-code/cli.js";
+
+fn has(label: &AgentLabel, key: &str, value: &str) -> bool {
+    label.metadata.iter().any(|(k, v)| *k == key && &**v == value)
+}
+
+#[test]
+fn an_agent_cannot_exec_its_way_into_another_agent() {
+    let mut t = AgentTracker::detached();
+    t.on_exec(10, 1, "/usr/bin/node", &argv(&["node", CLAUDE]), 0);
+    let claude = t.label(10, 0);
+    assert_eq!(claude.agent_type, "claude-code");
+    // The agent itself execs a binary fingerprinted as cursor (path and SNI).
+    t.on_exec(10, 1, "/opt/cursor/bin/cursor", &argv(&["cursor"]), 0);
+    let mismatch = t.on_tls(10, "api2.cursor.sh").expect("judged as claude-code");
+    assert!(mismatch.contains("claude-code"), "{mismatch}");
+    let same = t.label(10, 0);
+    assert_eq!((same.agent_type, &same.discovered_agent_id), ("claude-code", &claude.discovered_agent_id));
+    assert!(has(&same, "agent_claimed_type", "cursor"), "{same:?}");
+    // A child forked before, and one forked after, exec the same.
+    for child in [11, 12] {
+        t.on_fork(10, child, 0);
+        t.on_exec(child, 10, "/opt/cursor/bin/cursor", &argv(&["cursor"]), 0);
+        t.on_tls(child, "api2.cursor.sh");
+        let label = t.label(child, 0);
+        assert_eq!((label.agent_type, &label.discovered_agent_id), ("claude-code", &claude.discovered_agent_id));
+        assert!(has(&label, "agent_claimed_type", "cursor") && has(&label, "agent_inherited", "true"));
+    }
+    assert_eq!(t.claims_ignored, 3);
+    // The registry lists the agents processes are governed as, not claims.
+    assert_eq!(t.registry().agents().map(|a| a.agent_type.as_str()).collect::<Vec<_>>(), ["claude-code"]);
+}
+
+#[test]
+fn a_new_identity_of_the_same_type_keeps_the_operators_override() {
+    let mut t = AgentTracker::detached();
+    t.on_exec(10, 1, "/usr/bin/node", &argv(&["node", CLAUDE]), 0);
+    let id: uuid::Uuid = t.label(10, 0).discovered_agent_id.parse().expect("uuid");
+    let mut overrides = OverrideSet::default();
+    overrides.insert(id, UNKNOWN);
+    t.apply_overrides(overrides);
+    assert_eq!(t.label(10, 0).agent_type, UNKNOWN);
+    // A fresh claude-code at another path would be a new, un-overridden agent.
+    t.on_fork(10, 11, 0);
+    t.on_exec(11, 10, "/usr/bin/node", &argv(&["node", "/tmp/x/@anthropic-ai/claude-code/cli.js"]), 0);
+    let child = t.label(11, 0);
+    assert_eq!((child.agent_type, child.discovered_agent_id.parse().ok()), (UNKNOWN, Some(id)));
+    assert!(has(&child, "agent_claimed_type", "claude-code"), "{child:?}");
+    assert_eq!(t.registry().len(), 1);
+}
+
+#[test]
+fn a_full_registry_still_governs_by_type() {
+    let mut t = AgentTracker::detached();
+    for i in 0..crate::detect::registry::MAX_AGENTS {
+        t.registry.discover("aider", &format!("/made/up/{i}"), "/made/up", 70, "");
+    }
+    t.on_exec(10, 1, "/usr/bin/node", &argv(&["node", CLAUDE]), 0);
+    let label = t.label(10, 0);
+    assert_eq!((label.agent_type, label.discovered_agent_id.as_str()), ("claude-code", ""));
+    assert!(has(&label, "agent_registry_full", "true"));
+    assert_eq!(t.registry().refused, 1);
+    t.on_fork(10, 11, 0);
+    t.on_exec(11, 10, "/opt/cursor/bin/cursor", &argv(&["cursor"]), 0);
+    t.on_tls(11, "api2.cursor.sh");
+    assert_eq!(t.label(11, 0).agent_type, "claude-code", "typed, and still no laundering");
+}
+
+#[test]
+fn the_tracker_is_bounded_in_bytes() {
+    let mut t = AgentTracker::detached();
+    let long: Vec<u8> = (0..64).flat_map(|_| std::iter::repeat_n(b'a', 511).chain([0])).collect();
+    assert_eq!(fingerprint::split_argv(&long).iter().map(String::len).sum::<usize>(), 8 * 511, "argv kept is bounded");
+    for pid in 2..20_000 {
+        t.on_exec(pid, 1, &format!("/{}", "x".repeat(3000)), &long, 0);
+    }
+    assert!(t.processes.bytes() <= PROCESS_BYTES, "{} bytes", t.processes.bytes());
+    assert!(t.evicted() > 0 && t.evicted() + t.processes.len() as u64 == 19_998);
 }

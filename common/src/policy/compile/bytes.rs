@@ -23,8 +23,9 @@ use std::net::IpAddr;
 
 use super::glob::GlobAutomaton;
 use super::{
-    CompileError, CompiledPolicy, MAX_CANDIDATES, MAX_GLOBS, MAX_PATH_CANDIDATES, MAX_PORT_RANGES, NetCandidate,
-    NetPrefix, PATH_KEY_BYTES, PathCandidate, PathMatch, PathPrefix, RuleInfo,
+    ACTION_EXEC, ACTION_FILE_READ, ACTION_FILE_WRITE, CompileError, CompiledPolicy, MAX_CANDIDATES, MAX_GLOBS,
+    MAX_PATH_CANDIDATES, MAX_PORT_RANGES, NetCandidate, NetPrefix, PATH_KEY_BYTES, PATH_MATCH_EXACT, PATH_MATCH_GLOB,
+    PATH_MATCH_PREFIX, PathCandidate, PathMatch, PathPrefix, RuleInfo, VERDICT_ALERT, VERDICT_ALLOW, VERDICT_DENY,
 };
 use crate::policy::model::{Action, Cidr, PortRange, Severity, Verdict};
 
@@ -162,9 +163,9 @@ impl CompiledPolicy {
             let len = r.u16()?;
             let glob = r.u32()?;
             let matcher = match code {
-                1 => PathMatch::Prefix,
-                2 => PathMatch::Exact { len },
-                3 if (glob as usize) < globs.len() && usize::from(len) <= PATH_KEY_BYTES => {
+                PATH_MATCH_PREFIX => PathMatch::Prefix,
+                PATH_MATCH_EXACT => PathMatch::Exact { len },
+                PATH_MATCH_GLOB if (glob as usize) < globs.len() && usize::from(len) <= PATH_KEY_BYTES => {
                     PathMatch::Glob { start: len, glob }
                 }
                 _ => return Err(CompileError::Malformed("path candidate")),
@@ -270,29 +271,41 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn verdict_code(v: Verdict) -> u8 {
+/// A verdict's code, on the wire and in the kernel's maps.
+pub const fn verdict_code(v: Verdict) -> u8 {
     match v {
-        Verdict::Allow => 1,
-        Verdict::Deny => 2,
-        Verdict::Alert => 3,
+        Verdict::Allow => VERDICT_ALLOW,
+        Verdict::Deny => VERDICT_DENY,
+        Verdict::Alert => VERDICT_ALERT,
     }
 }
 
 fn verdict_from(code: u8) -> Result<Verdict, CompileError> {
     match code {
-        1 => Ok(Verdict::Allow),
-        2 => Ok(Verdict::Deny),
-        3 => Ok(Verdict::Alert),
+        VERDICT_ALLOW => Ok(Verdict::Allow),
+        VERDICT_DENY => Ok(Verdict::Deny),
+        VERDICT_ALERT => Ok(Verdict::Alert),
         _ => Err(CompileError::Malformed("verdict")),
     }
 }
 
-pub fn action_code(a: Action) -> u8 {
-    Action::ALL.iter().position(|x| *x == a).map_or(0, |i| i as u8 + 1)
+/// Wire codes of the actions the kernel never sees in a key.
+const ACTION_NET_CONNECT: u8 = 4;
+const ACTION_TLS_CONNECT: u8 = 5;
+
+/// An action's code, on the wire and (for path rules) in the kernel's trie keys.
+pub const fn action_code(a: Action) -> u8 {
+    match a {
+        Action::FileRead => ACTION_FILE_READ,
+        Action::FileWrite => ACTION_FILE_WRITE,
+        Action::Exec => ACTION_EXEC,
+        Action::NetConnect => ACTION_NET_CONNECT,
+        Action::TlsConnect => ACTION_TLS_CONNECT,
+    }
 }
 
 fn action_from(code: u8) -> Result<Action, CompileError> {
-    Action::ALL.get((code as usize).wrapping_sub(1)).copied().ok_or(CompileError::Malformed("action"))
+    Action::ALL.into_iter().find(|a| action_code(*a) == code).ok_or(CompileError::Malformed("action"))
 }
 
 const SEVERITIES: [Severity; 5] = [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];

@@ -33,6 +33,11 @@ fn in_order<'r>(action: Action, first: &[(u32, &'r Rule)], then: &[(u32, &'r Rul
 }
 use crate::agents::{KNOWN_AGENTS, UNKNOWN};
 
+// What the kernel's maps hold is defined by bpf/include/tyr_records.h;
+// these are the compiler's copies of its bounds and codes (this crate
+// cannot see the generated skeleton), and tyr-agent's `enforce::layout`
+// const-asserts every one of them against the header and the skeleton.
+
 /// Kernel bounds (bpf/include/tyr_records.h).
 pub const MAX_CANDIDATES: usize = 16;
 pub const MAX_PATH_CANDIDATES: usize = 32;
@@ -53,6 +58,19 @@ pub const UNKNOWN_CLASS: u32 = 0xffff_fffe;
 pub const UNREGISTERED_CLASS: u32 = 0xffff_fffd;
 /// The overlay name of that class.
 pub const UNREGISTERED: &str = "unregistered";
+
+/// Verdict codes, as tyr.v1.Verdict (`TYR_VERDICT_*`).
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+pub const VERDICT_ALERT: u8 = 3;
+/// Actions of path rules in the trie key (`TYR_ACTION_*`).
+pub const ACTION_FILE_READ: u8 = 1;
+pub const ACTION_FILE_WRITE: u8 = 2;
+pub const ACTION_EXEC: u8 = 3;
+/// Checks of a path candidate (`TYR_PATH_MATCH_*`).
+pub const PATH_MATCH_PREFIX: u8 = 1;
+pub const PATH_MATCH_EXACT: u8 = 2;
+pub const PATH_MATCH_GLOB: u8 = 3;
 
 /// The kernel class of an agent type: 1 + its index in the known-agent
 /// table, [`UNKNOWN_CLASS`] for `unknown`, [`UNREGISTERED_CLASS`] for

@@ -11,7 +11,10 @@ use std::collections::HashMap;
 
 use super::glob::{GlobAutomaton, split_literal};
 use super::net::Lists;
-use super::{BASE_CLASS, CompileError, MAX_GLOBS, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, in_order};
+use super::{
+    BASE_CLASS, CompileError, MAX_GLOBS, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, PATH_MATCH_EXACT, PATH_MATCH_GLOB,
+    PATH_MATCH_PREFIX, in_order,
+};
 use crate::policy::model::{Action, PathPattern, Rule, Verdict};
 
 /// How a candidate checks a path whose start the trie already matched.
@@ -32,9 +35,9 @@ impl PathMatch {
     /// the glob index.
     pub fn fields(self) -> (u8, u16, u32) {
         match self {
-            Self::Prefix => (1, 0, 0),
-            Self::Exact { len } => (2, len, 0),
-            Self::Glob { start, glob } => (3, start, glob),
+            Self::Prefix => (PATH_MATCH_PREFIX, 0, 0),
+            Self::Exact { len } => (PATH_MATCH_EXACT, len, 0),
+            Self::Glob { start, glob } => (PATH_MATCH_GLOB, start, glob),
         }
     }
 }

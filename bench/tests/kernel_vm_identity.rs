@@ -1,0 +1,209 @@
+//! File rules an adversarial agent cannot walk around, in a real kernel
+//! with BPF LSM (Debian's, under QEMU). With a rule denying a governed
+//! agent reads and writes under `/home/*/.ssh/`: its direct open, an open
+//! through a bind mount it made as an unprivileged user in its own user and
+//! mount namespace, an open after chrooting, a hard link, a rename of the
+//! file and of its directory, a mount over the directory, and opens through
+//! hard links and moves an ungoverned process made (before and after the
+//! policy was loaded) all fail with
+//! EPERM, each with a DENY event naming the rule (and, for the namespace
+//! ones, the path asked for beside the identity decided). An ungoverned
+//! process does all of it unhindered. Then, with the kernel's scratch
+//! forced to fail: a governed process is refused (counted, and the event
+//! says why), an ungoverned one is let through.
+
+use tyr_bench::kernel_vm::{EPERM, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
+
+use std::time::Duration;
+
+const POLICY: &str = r#"name: vm-identity
+default_verdict: allow
+rules:
+  - name: alert-nothing-much
+    action: exec
+    paths: ["/work/bin/never-run"]
+    verdict: alert
+overlays:
+  claude-code:
+    - name: claude-no-ssh-read
+      action: file_read
+      paths: ["/home/*/.ssh/*"]
+      verdict: deny
+    - name: claude-no-ssh-write
+      action: file_write
+      paths: ["/home/*/.ssh/*"]
+      verdict: deny
+"#;
+
+/// The operations both the agent and a plain process try (see `probe agent`).
+const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
+    bind:1000:/home/u/.ssh:/tmp/x:id_test \
+    chroot:1000:/home/u:.ssh/id_test \
+    link:/home/u/.ssh/id_test:/work/newlink \
+    rename:/home/u/.ssh/id_test:/work/moved \
+    rename:/home/u/.ssh:/work/sshdir \
+    mount:/home/u/.ssh \
+    open:/work/prelink";
+
+fn init_script() -> String {
+    format!(
+        r#"W=/work
+setup_home() {{
+  umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout
+  mkdir -p /home/u/.ssh /tmp/x $W/bin $W/open /var/lib/tyr
+  echo k > /home/u/.ssh/id_test; echo m > /home/u/.ssh/marker; echo o > $W/open/file
+  chown -R 1000:1000 /home/u; chmod 777 /tmp/x $W
+}}
+start_tyrd() {{
+  ev=$1; log=$2; shift 2
+  tyrd observe --state-dir /var/lib/tyr --kind exec --policy /policy.yaml "$@" > $ev 2> $log &
+  TYRD=$!
+  i=0; while ! grep -q "tyrd: observing" $log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+  grep "tyrd:" $log | sed 's/^/TYR-VM-LOG /'
+}}
+stop_tyrd() {{ kill -INT $TYRD; wait $TYRD; tail -1 $log | sed 's/^/TYR-VM-COUNTERS /'; }}
+events() {{ grep '"verdict":"DENY"' $1 | sed 's/^/TYR-VM-EVENT /'; }}
+
+# libbpf's log (the verifier's, when a hook does not load) goes to the console.
+TYR_BPF_LOG=1 tyrd probe > /probe.json 2> /probe.log
+grep -B6 -E "^processed" /probe.log | tail -n 20 | sed 's/^/TYR-VM-BPFLOG /'
+echo "TYR-VM hooks $(tr -d ' \n' < /probe.json | grep -o '"name":"lsm/[a-z_]*","attached":[a-z]*' | sed 's/"name":"lsm\/\([a-z_]*\)","attached":\([a-z]*\)/\1=\2/' | tr '\n' ' ')"
+
+echo "TYR-VM phase name=identity"
+setup_home
+# A hard link made before the policy is loaded.
+mkdir -p /home/v/.ssh; echo p > /home/v/.ssh/pre; ln /home/v/.ssh/pre $W/prelink
+cp /bin/probe $W/bin/claude
+start_tyrd /ev1.json /log1.txt
+probe agent - {OPERATIONS}
+setup_home
+# Made by an ungoverned process after the policy is loaded: a hard link to
+# a protected file, and a protected file moved out of its directory.
+echo o > /home/u/.ssh/other
+ln /home/u/.ssh/id_test $W/latelink; mv /home/u/.ssh/other $W/movedout
+CLAUDECODE=1 $W/bin/claude agent /home/u/.ssh/marker {OPERATIONS} open:$W/latelink open:$W/movedout
+sleep 1; stop_tyrd; events /ev1.json
+
+echo "TYR-VM phase name=failsafe"
+setup_home
+TYRD_FAULT_INJECT=scratch start_tyrd /ev2.json /log2.txt
+probe agent - open:$W/open/file
+CLAUDECODE=1 $W/bin/claude agent $W/open/file open:$W/open/file
+sleep 1; stop_tyrd; grep '"failsafe"' /ev2.json | sed 's/^/TYR-VM-FAILSAFE /'
+"#
+    )
+}
+
+#[test]
+fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() {
+    let work = std::env::temp_dir().join(format!("tyr-kernel-vm-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let image = tyrd_image(&work).expect("image with tyrd and the test program");
+    image.add_file("/policy.yaml", POLICY.as_bytes(), 0o644).expect("policy");
+    let initrd = work.join("initrd.gz");
+    image.pack(&init_script(), &initrd).expect("pack");
+
+    let console = boot(&debian_kernel().expect("kernel"), &initrd, Duration::from_secs(170)).expect("boot");
+    let console_file = std::env::temp_dir().join("tyr-kernel-vm-identity-console.txt");
+    let _ = std::fs::write(&console_file, &console);
+    println!("console: {}", console_file.display());
+    assert!(console.contains("TYR-VM-DONE"), "the VM script did not finish:\n{console}");
+    let lines = result_lines(&console);
+    for log in prefixed(&console, "TYR-VM-LOG ") {
+        println!("tyrd: {log}");
+    }
+
+    // Every hook that holds governed processes to their file rules attached.
+    let hooks = lines.iter().find(|l| l.test == "hooks").expect("hooks line");
+    for hook in ["file_open", "path_link", "path_rename", "sb_mount", "move_mount", "userns_create"] {
+        assert_eq!(hooks.fields.get(hook).map(String::as_str), Some("true"), "{hook}: {hooks:?}");
+    }
+
+    // An ungoverned process: every operation works.
+    for (test, path) in [
+        ("plain-open", "/home/u/.ssh/id_test"),
+        ("plain-bind", "/tmp/x/id_test"),
+        ("plain-chroot", "/.ssh/id_test"),
+        ("plain-link", "/home/u/.ssh/id_test"),
+        ("plain-open", "/work/prelink"),
+    ] {
+        let line = find_line(&lines, test, path);
+        assert_eq!(line.num("errno"), Some(0), "{line:?}");
+        assert!(line.num("setup_errno").is_none_or(|e| e == 0), "{line:?}");
+    }
+
+    // The governed agent: refused whatever name or namespace it uses.
+    let ready = lines.iter().find(|l| l.test == "agent-ready").expect("agent ready");
+    assert_eq!(ready.num("errno"), Some(EPERM), "the stand-in was never classified: {ready:?}");
+    assert_eq!(find_line(&lines, "agent-open", "/home/u/.ssh/id_test").num("errno"), Some(EPERM));
+    for (test, path) in [("agent-bind", "/tmp/x/id_test"), ("agent-chroot", "/.ssh/id_test")] {
+        let line = find_line(&lines, test, path);
+        assert_eq!(line.num("setup_errno"), Some(0), "the namespace itself is allowed: {line:?}");
+        assert_eq!(line.num("errno"), Some(EPERM), "{line:?}");
+    }
+    assert_eq!(find_line(&lines, "agent-link", "/home/u/.ssh/id_test").num("errno"), Some(EPERM));
+    assert_eq!(find_line(&lines, "agent-rename", "/home/u/.ssh/id_test").num("errno"), Some(EPERM));
+    assert_eq!(find_line(&lines, "agent-rename", "/home/u/.ssh").num("errno"), Some(EPERM), "a directory too");
+    assert_eq!(find_line(&lines, "agent-mount", "/home/u/.ssh").num("errno"), Some(EPERM));
+    // A hard link made, or a file moved out, by an ungoverned process after
+    // the policy was loaded: the file keeps its protected name.
+    assert_eq!(find_line(&lines, "agent-open", "/work/latelink").num("errno"), Some(EPERM));
+    assert_eq!(find_line(&lines, "agent-open", "/work/movedout").num("errno"), Some(EPERM));
+    // A hard link made before the policy was loaded: found by tyrd's scan.
+    assert_eq!(find_line(&lines, "agent-open", "/work/prelink").num("errno"), Some(EPERM));
+
+    // Every refusal is a DENY event naming the rule.
+    let events: Vec<serde_json::Value> =
+        prefixed(&console, "TYR-VM-EVENT ").map(|l| serde_json::from_str(l).expect("event JSON")).collect();
+    let deny = |resource: &str, rule: &str, check: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .find(|e| e["resource"] == resource && e["metadata"]["rule"] == rule && check(e))
+            .unwrap_or_else(|| panic!("no DENY of {resource} by {rule}: {events:#?}"))
+            .clone()
+    };
+    let meta = |e: &serde_json::Value, key: &str| e["metadata"][key].as_str().unwrap_or_default().to_owned();
+    deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation").is_empty());
+    // Through the bind mount and the chroot: the resource is the identity
+    // decided, the path asked for is kept.
+    for asked in ["/tmp/x/id_test", "/.ssh/id_test"] {
+        let e = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "requested_path") == asked);
+        assert_eq!(e["agent_type"], "claude-code", "{e}");
+        assert_eq!(e["kind"], "FILE_READ", "{e}");
+    }
+    for (asked, identity) in [
+        ("/work/latelink", "/home/u/.ssh/id_test"),
+        ("/work/movedout", "/home/u/.ssh/other"),
+        ("/work/prelink", "/home/v/.ssh/pre"),
+    ] {
+        deny(identity, "claude-no-ssh-read", &|e| meta(e, "requested_path") == asked);
+    }
+    let link = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "link");
+    assert_eq!(meta(&link, "link_name"), "/work/newlink", "{link}");
+    let rename = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
+    assert_eq!(meta(&rename, "new_path"), "/work/moved", "{rename}");
+    let dir = deny("/home/u/.ssh", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
+    assert_eq!(meta(&dir, "scope"), "subtree", "{dir}");
+    let mount = deny("/home/u/.ssh", "claude-no-ssh-write", &|e| meta(e, "operation") == "mount");
+    assert_eq!(mount["kind"], "FILE_WRITE", "{mount}");
+
+    // Fail closed: the scratch forced to fail refuses the governed process
+    // (even an open its policy allows), lets the ungoverned one through,
+    // counts the refusal and says why.
+    assert_eq!(find_line(&lines, "plain-open", "/work/open/file").num("errno"), Some(0));
+    let refused = lines.iter().filter(|l| l.test == "agent-ready").nth(1).expect("second agent");
+    assert_eq!(refused.num("errno"), Some(EPERM), "the governed process was not refused: {refused:?}");
+    assert_eq!(find_line(&lines, "agent-open", "/work/open/file").num("errno"), Some(EPERM));
+    let counters: Vec<&str> = prefixed(&console, "TYR-VM-COUNTERS ").collect();
+    let last: serde_json::Value = serde_json::from_str(counters.last().expect("counters")).expect("counters JSON");
+    let refused_reads = last["refused"]["FILE_READ"].as_u64().unwrap_or(0);
+    assert!(refused_reads >= 2, "refusals not counted: {last}");
+    assert!(last["undecided"]["FILE_READ"].as_u64().unwrap_or(0) >= 1, "ungoverned let through, counted: {last}");
+    let failsafe = prefixed(&console, "TYR-VM-FAILSAFE ").next().expect("a failsafe event");
+    let failsafe: serde_json::Value = serde_json::from_str(failsafe).expect("event JSON");
+    assert_eq!(failsafe["verdict"], "DENY", "{failsafe}");
+    assert_eq!(meta(&failsafe, "failsafe"), "no_scratch", "{failsafe}");
+    assert_eq!(failsafe["agent_type"], "claude-code", "{failsafe}");
+
+    let _ = std::fs::remove_dir_all(&work);
+}
