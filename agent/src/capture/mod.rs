@@ -5,6 +5,7 @@
 //! fallback takes over, visibly.
 
 pub mod client_hello;
+mod file_hooks;
 mod health;
 pub mod mounts;
 pub mod record;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use crate::bpf::{connect, file_lsm, file_syscalls, process, records, tls_egress};
 use crate::host::HostFacts;
 use crate::kinds::{KIND_COUNT, KindSet};
+use file_hooks::load_file_hooks;
 pub use health::KernelHealth;
 use health::{Fault, HEALTH_COUNT, fault_injected, fault_injection};
 use mounts::{MountTable, own_mount_namespace};
@@ -220,7 +222,7 @@ pub struct PathPolicyMaps {
 
 /// Handles on the maps every object shares (created by the process object).
 #[derive(Debug)]
-struct SharedMaps {
+pub(crate) struct SharedMaps {
     events: MapHandle,
     lost: MapHandle,
     config: MapHandle,
@@ -300,14 +302,14 @@ impl std::fmt::Debug for Capture {
 
 /// Collects hook statuses and links while attaching.
 #[derive(Default)]
-struct Attacher {
+pub(crate) struct Attacher {
     links: Vec<Link>,
     hooks: Vec<HookStatus>,
 }
 
 impl Attacher {
     /// Attaches one program; a failure is recorded, not fatal.
-    fn attach(&mut self, hook: &str, result: libbpf_rs::Result<Link>) -> bool {
+    pub(crate) fn attach(&mut self, hook: &str, result: libbpf_rs::Result<Link>) -> bool {
         match result {
             Ok(link) => {
                 self.links.push(link);
@@ -322,7 +324,7 @@ impl Attacher {
     }
 
     /// Records a hook's outcome; `error` None means attached.
-    fn record(&mut self, hook: &str, error: Option<String>, fallback: &str) {
+    pub(crate) fn record(&mut self, hook: &str, error: Option<String>, fallback: &str) {
         self.hooks.push(HookStatus {
             name: hook.to_owned(),
             attached: error.is_none(),
@@ -607,66 +609,6 @@ fn write_config(shared: &SharedMaps, config: &CaptureConfig) -> Result<(), Captu
         .map_err(|source| CaptureError::Map { map: "tyr_config_map", source })
 }
 
-/// BPF LSM first (file opens and exec checks); the syscall tracepoints
-/// when it cannot load or attach.
-fn load_file_hooks(
-    shared: &SharedMaps,
-    attacher: &mut Attacher,
-) -> (Option<file_lsm::FileLsmSkel<'static>>, Option<file_syscalls::FileSyscallsSkel<'static>>) {
-    let lsm = file_lsm::FileLsmSkel::open_shared(shared).and_then(|open| open.load());
-    let lsm_error = match lsm {
-        Ok(skel) => match skel.progs.tyr_file_open.attach_lsm() {
-            Ok(link) => {
-                attacher.attach(FILE_OPEN_LSM, Ok(link));
-                attacher.attach(EXEC_BEGIN_LSM, skel.progs.tyr_exec_begin.attach_lsm());
-                attacher.attach(EXEC_LSM, skel.progs.tyr_exec_check.attach_lsm());
-                // How governed processes could otherwise get around file rules.
-                let progs = &skel.progs;
-                for (hook, prog) in [
-                    (LINK_LSM, &progs.tyr_path_link),
-                    (RENAME_LSM, &progs.tyr_path_rename),
-                    (MOUNT_LSM, &progs.tyr_sb_mount),
-                    (MOVE_MOUNT_LSM, &progs.tyr_move_mount),
-                    (USERNS_LSM, &progs.tyr_userns_create),
-                ] {
-                    attacher.attach(hook, prog.attach_lsm());
-                }
-                return (Some(skel), None);
-            }
-            Err(error) => error.to_string(),
-        },
-        Err(error) => error.to_string(),
-    };
-    attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), FILE_FALLBACK);
-    attacher.record(EXEC_BEGIN_LSM, Some(lsm_error.clone()), "not needed without lsm/bprm_check_security");
-    attacher.record(EXEC_LSM, Some(lsm_error.clone()), EXEC_FALLBACK);
-    for hook in [LINK_LSM, RENAME_LSM, MOUNT_LSM, MOVE_MOUNT_LSM, USERNS_LSM] {
-        attacher.record(hook, Some(lsm_error.clone()), "");
-    }
-
-    let skel = match file_syscalls::FileSyscallsSkel::open_shared(shared).and_then(|open| open.load()) {
-        Ok(skel) => skel,
-        Err(error) => {
-            attacher.record(FILE_FALLBACK, Some(error.to_string()), "");
-            return (None, None);
-        }
-    };
-    let progs = &skel.progs;
-    for (hook, prog) in [
-        ("tp/syscalls/sys_enter_openat", &progs.tyr_enter_openat),
-        ("tp/syscalls/sys_exit_openat", &progs.tyr_exit_openat),
-        ("tp/syscalls/sys_enter_openat2", &progs.tyr_enter_openat2),
-        ("tp/syscalls/sys_exit_openat2", &progs.tyr_exit_openat2),
-        ("tp/syscalls/sys_enter_open", &progs.tyr_enter_open),
-        ("tp/syscalls/sys_exit_open", &progs.tyr_exit_open),
-        ("tp/syscalls/sys_enter_creat", &progs.tyr_enter_creat),
-        ("tp/syscalls/sys_exit_creat", &progs.tyr_exit_creat),
-    ] {
-        attacher.attach(hook, prog.attach());
-    }
-    (None, Some(skel))
-}
-
 fn load_connect(shared: &SharedMaps, cgroup: &File, attacher: &mut Attacher) -> Option<connect::ConnectSkel<'static>> {
     match connect::ConnectSkel::open_shared(shared).and_then(|open| open.load()) {
         Ok(skel) => {
@@ -709,7 +651,7 @@ fn open_dir(path: &Path) -> Result<File, CaptureError> {
 }
 
 /// Opening an object with its shared maps pointed at the process object's.
-trait OpenShared: Sized {
+pub(crate) trait OpenShared: Sized {
     type Open;
     fn open_shared(shared: &SharedMaps) -> libbpf_rs::Result<Self::Open>;
 }

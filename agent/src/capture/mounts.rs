@@ -85,7 +85,21 @@ pub fn parse_mountinfo(text: &str) -> Vec<Placement> {
             placements.push(placement);
         }
     }
+    canonical(placements)
+}
+
+/// The placements that name files: per filesystem, those whose root is not
+/// inside another's (a mount of the whole filesystem covers every bind
+/// mount of a directory of it), so a file has one identity, the one the
+/// system's own mount gives it.
+fn canonical(placements: Vec<Placement>) -> Vec<Placement> {
+    let within =
+        |inner: &str, outer: &str| outer == "/" || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'));
     placements
+        .iter()
+        .filter(|p| !placements.iter().any(|q| q.dev == p.dev && q.root != p.root && within(&p.root, &q.root)))
+        .cloned()
+        .collect()
 }
 
 /// The kernel's key and value for a placement; None when it does not fit.
@@ -284,9 +298,9 @@ mod tests {
         let find = |dev: u32, root: &str| placements.iter().find(|p| p.dev == dev && p.root == root).cloned();
         assert_eq!(find(254 << 20 | 1, "/").map(|p| p.mountpoint), Some("/".to_owned()), "not /mnt/again");
         assert_eq!(find(254 << 20 | 2, "/").map(|p| p.mountpoint), Some("/home".to_owned()));
-        assert_eq!(find(254 << 20 | 2, "/alice").map(|p| p.mountpoint), Some("/srv/alice".to_owned()));
+        assert_eq!(find(254 << 20 | 2, "/alice"), None, "a bind mount of a directory /home shows already");
         assert_eq!(find(45, "/@data").map(|p| p.mountpoint), Some("/srv/my data".to_owned()), "escapes undone");
-        assert_eq!(placements.len(), 5);
+        assert_eq!(placements.len(), 4);
     }
 
     #[test]

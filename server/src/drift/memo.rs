@@ -2,10 +2,10 @@
 //!
 //! A decision depends only on the policy version, the agent type and the
 //! request, and a fleet repeats the same requests all day (the same files
-//! opened, the same hosts called). Cedar evaluates first-match order as
-//! `unless` clauses over every earlier rule, so a decision costs time
-//! growing with the square of the rule count (about 100 µs at 100 rules);
-//! a remembered one costs a hash lookup. The memo is bounded and sharded
+//! opened, the same hosts called). Cedar evaluates every rule of the
+//! request's action, so a decision costs time growing with the rule count
+//! (about 74 µs at 100 rules on this project's CI host); a remembered one
+//! costs a hash lookup. The memo is bounded and sharded
 //! (the pool's workers look up concurrently); evictions are counted.
 
 use std::hash::BuildHasher;
