@@ -485,10 +485,60 @@ int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_den
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_RENAME, &n);
 }
 
+/* mount(2) flags (include/uapi/linux/mount.h). */
+#define TYR_MS_REMOUNT 32
+#define TYR_MS_BIND 4096
+#define TYR_MS_MOVE 8192
+#define TYR_MS_PROPAGATION ((1 << 17) | (1 << 18) | (1 << 19) | (1 << 20)) /* unbindable, private, slave, shared */
+
+/* Refuses a governed agent's overlay or FUSE mount: such a filesystem
+ * serves other files' contents under names of its own, which no identity
+ * can see through. */
+static __always_inline int tyr_refuse_stacked_mount(void)
+{
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg)
+		return 0;
+	struct tyr_who who;
+	tyr_who(&who);
+	if (!who.governed)
+		return 0;
+	struct tyr_file_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
+	if (rec) {
+		tyr_refusal_record(rec, TYR_KIND_FILE_WRITE, TYR_FILE_OP_MOUNT, 0, who.meta->version,
+				   TYR_FAILSAFE_STACKED_MOUNT);
+		bpf_ringbuf_submit(rec, 0);
+	} else {
+		tyr_count_lost(TYR_KIND_FILE_WRITE);
+	}
+	return -TYR_EPERM;
+}
+
+/* Whether a filesystem type is overlay or FUSE ("fuse", "fuse.sshfs", ...). */
+static __always_inline bool tyr_stacked_type(const char *type)
+{
+	char name[8] = {};
+	if (!type || bpf_probe_read_kernel_str(name, sizeof(name), type) < 0)
+		return false;
+	bool overlay = name[0] == 'o' && name[1] == 'v' && name[2] == 'e' && name[3] == 'r' && name[4] == 'l' &&
+		       name[5] == 'a' && name[6] == 'y';
+	bool fuse = name[0] == 'f' && name[1] == 'u' && name[2] == 's' && name[3] == 'e';
+	return overlay || fuse;
+}
+
 /* Decides a mount over `target` (its path, then `source` as given): a
- * mount replaces everything below its mountpoint, so it is a write there. */
+ * mount replaces everything below its mountpoint, so it is a write there.
+ * Only mounts in tyrd's mount namespace: elsewhere a mount changes the
+ * agent's own view, and what it reads through it is decided on its
+ * identity. */
 static __always_inline int tyr_mount_decide(const struct path *target, const char *source)
 {
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum) != cfg->init_mnt_ns)
+		return 0;
 	struct tyr_who who;
 	__u32 on_task = 0;
 	int verdict;
@@ -521,6 +571,11 @@ int BPF_PROG(tyr_sb_mount, const char *dev_name, const struct path *path, const 
 {
 	if (ret)
 		return ret;
+	/* Options or propagation of an existing mount: what it shows is unchanged. */
+	if ((flags & TYR_MS_REMOUNT) || ((flags & TYR_MS_PROPAGATION) && !(flags & (TYR_MS_BIND | TYR_MS_MOVE))))
+		return 0;
+	if (!(flags & (TYR_MS_BIND | TYR_MS_MOVE)) && tyr_stacked_type(type))
+		return tyr_refuse_stacked_mount();
 	return tyr_mount_decide(path, dev_name);
 }
 
@@ -529,6 +584,9 @@ int BPF_PROG(tyr_move_mount, const struct path *from_path, const struct path *to
 {
 	if (ret)
 		return ret;
+	/* A detached overlay or FUSE mount (fsopen/fsmount) being attached. */
+	if (tyr_stacked_type(BPF_CORE_READ(from_path, mnt, mnt_sb, s_type, name)))
+		return tyr_refuse_stacked_mount();
 	return tyr_mount_decide(to_path, NULL);
 }
 

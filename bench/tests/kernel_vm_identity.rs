@@ -39,6 +39,7 @@ overlays:
 const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     bind:1000:/home/u/.ssh:/tmp/x:id_test \
     chroot:1000:/home/u:.ssh/id_test \
+    overlay:1000:/home/u/.ssh:/tmp/o:id_test \
     link:/home/u/.ssh/id_test:/work/newlink \
     rename:/home/u/.ssh/id_test:/work/moved \
     rename:/home/u/.ssh:/work/sshdir \
@@ -50,9 +51,9 @@ fn init_script() -> String {
         r#"W=/work
 setup_home() {{
   umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout
-  mkdir -p /home/u/.ssh /tmp/x $W/bin $W/open /var/lib/tyr
+  mkdir -p /home/u/.ssh /tmp/x /tmp/o $W/bin $W/open /var/lib/tyr; chmod 1777 /tmp
   echo k > /home/u/.ssh/id_test; echo m > /home/u/.ssh/marker; echo o > $W/open/file
-  chown -R 1000:1000 /home/u; chmod 777 /tmp/x $W
+  chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/o $W
 }}
 start_tyrd() {{
   ev=$1; log=$2; shift 2
@@ -141,6 +142,11 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
         assert_eq!(line.num("setup_errno"), Some(0), "the namespace itself is allowed: {line:?}");
         assert_eq!(line.num("errno"), Some(EPERM), "{line:?}");
     }
+    // An overlay (or FUSE) mount would serve the file under a name of its
+    // own: governed agents may not make one; a plain process may.
+    let overlay = find_line(&lines, "agent-overlay", "/tmp/o/id_test");
+    assert_eq!(overlay.num("setup_errno"), Some(EPERM), "{overlay:?}");
+    println!("plain overlay: {:?}", find_line(&lines, "plain-overlay", "/tmp/o/id_test"));
     assert_eq!(find_line(&lines, "agent-link", "/home/u/.ssh/id_test").num("errno"), Some(EPERM));
     assert_eq!(find_line(&lines, "agent-rename", "/home/u/.ssh/id_test").num("errno"), Some(EPERM));
     assert_eq!(find_line(&lines, "agent-rename", "/home/u/.ssh").num("errno"), Some(EPERM), "a directory too");
@@ -184,6 +190,10 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     assert_eq!(meta(&rename, "new_path"), "/work/moved", "{rename}");
     let dir = deny("/home/u/.ssh", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
     assert_eq!(meta(&dir, "scope"), "subtree", "{dir}");
+    events
+        .iter()
+        .find(|e| e["metadata"]["rule"] == "agent-stacked-mount" && e["metadata"]["operation"] == "mount")
+        .unwrap_or_else(|| panic!("no DENY for the overlay mount: {events:#?}"));
     let mount = deny("/home/u/.ssh", "claude-no-ssh-write", &|e| meta(e, "operation") == "mount");
     assert_eq!(mount["kind"], "FILE_WRITE", "{mount}");
 

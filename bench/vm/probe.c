@@ -30,6 +30,9 @@
  *                                   MNT/FILE)
  *                                 chroot:UID:ROOT:FILE (as UID, in a new user
  *                                   namespace, chroot to ROOT, open FILE)
+ *                                 overlay:UID:LOWER:MNT:FILE (as UID, in a new
+ *                                   user and mount namespace, a read-only
+ *                                   overlay of LOWER on MNT, open MNT/FILE)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -43,6 +46,7 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -153,16 +157,25 @@ static void agent_op(const char *who, char *op)
 		err = rename(fields[1], fields[2]) ? errno : 0;
 	} else if (!strcmp(fields[0], "mount") && n == 2) {
 		err = mount("tmpfs", fields[1], "tmpfs", 0, NULL) ? errno : 0;
-	} else if ((!strcmp(fields[0], "bind") && n == 5) || (!strcmp(fields[0], "chroot") && n == 4)) {
-		int bind = !strcmp(fields[0], "bind");
+	} else if ((!strcmp(fields[0], "bind") && n == 5) || (!strcmp(fields[0], "chroot") && n == 4) ||
+		   (!strcmp(fields[0], "overlay") && n == 5)) {
+		int bind = strcmp(fields[0], "chroot") != 0;
+		int overlay = !strcmp(fields[0], "overlay");
 		path = fields[n - 1];
 		fflush(stdout);
 		pid_t child = fork();
 		if (child == 0) {
 			int setup = unprivileged_namespace(atoi(fields[1]), bind);
 			char target[4096];
-			if (!setup && bind)
+			/* Read-only: two lower layers, no upper to need xattrs. */
+			char options[512];
+			snprintf(options, sizeof(options), "lowerdir=%s:/tmp/ovl-empty", fields[2]);
+			if (!setup && overlay) {
+				mkdir("/tmp/ovl-empty", 0700);
+				setup = mount("overlay", fields[3], "overlay", 0, options) ? errno : 0;
+			} else if (!setup && bind) {
 				setup = mount(fields[2], fields[3], NULL, MS_BIND | MS_REC, NULL) ? errno : 0;
+			}
 			if (!setup && !bind)
 				setup = chroot(fields[2]) || chdir("/") ? errno : 0;
 			snprintf(target, sizeof(target), "%s/%s", bind ? fields[3] : "", fields[n - 1]);

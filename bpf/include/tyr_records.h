@@ -56,7 +56,8 @@ enum tyr_decided_on {
 enum tyr_failsafe_reason {
 	TYR_FAILSAFE_NONE = 0,
 	TYR_FAILSAFE_NO_SCRATCH = 1,   /* no per-CPU or per-task scratch space */
-	TYR_FAILSAFE_COUNT = 2,
+	TYR_FAILSAFE_STACKED_MOUNT = 2, /* not undecided: tyrd refuses governed agents overlay and FUSE mounts */
+	TYR_FAILSAFE_COUNT = 3,
 };
 
 /* Kernel-side health counters (tyr_health), by index. */

@@ -219,6 +219,7 @@ impl EventBuilder {
         // Refusals that are not rule decisions name why instead of a rule.
         let not_a_rule =
             match (event.metadata.get(file_event::FAILSAFE_KEY), event.metadata.get(file_event::OPERATION_KEY)) {
+                (Some(reason), _) if reason == file_event::STACKED_MOUNT => Some(file_event::STACKED_MOUNT_RULE),
                 (Some(_), _) => Some(file_event::FAILSAFE_RULE),
                 (None, Some(operation)) if operation == "userns_create" => Some(file_event::USERNS_RULE),
                 _ => None,

@@ -23,6 +23,11 @@ pub const OPERATION_KEY: &str = "operation";
 pub const FAILSAFE_KEY: &str = "failsafe";
 /// The `rule` of a refusal the kernel made without deciding (fail closed).
 pub const FAILSAFE_RULE: &str = "failsafe";
+/// `failsafe` of a governed agent's overlay or FUSE mount, which tyrd
+/// refuses (such a filesystem serves files under names of its own).
+pub const STACKED_MOUNT: &str = "stacked_mount";
+/// The `rule` of that refusal.
+pub const STACKED_MOUNT_RULE: &str = "agent-stacked-mount";
 /// The `rule` of a governed agent refused a user namespace (`--agent-userns deny`).
 pub const USERNS_RULE: &str = "agent-userns-deny";
 /// Metadata key, value `subtree`: a directory decided as everything below
@@ -61,6 +66,7 @@ pub fn failsafe_text(reason: u8) -> Option<&'static str> {
     match u32::from(reason) {
         0 => None,
         r if r == tyr_failsafe_reason::TYR_FAILSAFE_NO_SCRATCH.0 => Some("no_scratch"),
+        r if r == tyr_failsafe_reason::TYR_FAILSAFE_STACKED_MOUNT.0 => Some(STACKED_MOUNT),
         _ => Some("unknown"),
     }
 }
