@@ -285,3 +285,15 @@ pub fn tyrd_image(work: &Path) -> io::Result<Image> {
     image.add_file("/bin/probe", &probe, 0o755)?;
     Ok(image)
 }
+
+/// Shell functions the enforcement VM scripts share: `start_tyrd EVENTS
+/// LOG [ARGS]` runs `tyrd observe` on /policy.yaml and waits until it
+/// observes, `stop_tyrd` stops it and prints its counters.
+pub const TYRD_SHELL: &str = r#"start_tyrd() {
+  ev=$1; log=$2; shift 2
+  tyrd observe --state-dir /var/lib/tyr --kind exec --policy /policy.yaml "$@" > $ev 2> $log &
+  TYRD=$!
+  i=0; while ! grep -q "tyrd: observing" $log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+  grep "tyrd:" $log | sed 's/^/TYR-VM-LOG /'
+}
+stop_tyrd() { kill -INT $TYRD; wait $TYRD; tail -1 $log | sed 's/^/TYR-VM-COUNTERS /'; }"#;

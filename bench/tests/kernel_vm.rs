@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tyr_bench::kernel_vm::{EPERM, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
+use tyr_bench::kernel_vm::{EPERM, TYRD_SHELL, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
 
 const MAIN_POLICY: &str = r#"name: vm-main
 default_verdict: allow
@@ -80,14 +80,7 @@ fn init_script() -> String {
 mkdir -p $W/secret $W/open $W/agent-secret $W/swap $W/bin /var/lib/tyr
 echo s > $W/secret/key; echo o > $W/open/file; echo a > $W/agent-secret/key; echo a > $W/swap/a; echo b > $W/swap/b
 cp /bin/busybox $W/bin/forbidden; cp /bin/probe $W/bin/claude; cp /bin/probe $W/bin/cursor
-start_tyrd() {{
-  ev=$1; log=$2; shift 2
-  tyrd observe --state-dir /var/lib/tyr --kind exec --policy /policy.yaml "$@" > $ev 2> $log &
-  TYRD=$!
-  i=0; while ! grep -q "tyrd: observing" $log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-  grep "tyrd:" $log | sed 's/^/TYR-VM-LOG /'
-}}
-stop_tyrd() {{ kill -INT $TYRD; wait $TYRD; tail -1 $log | sed 's/^/TYR-VM-COUNTERS /'; }}
+{TYRD_SHELL}
 events() {{ grep '"verdict":"\(DENY\|ALERT\)"' $1 | grep '/work/' | sed 's/^/TYR-VM-EVENT /'; }}
 
 tyrd probe > /probe.json 2>/dev/null

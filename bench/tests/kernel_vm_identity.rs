@@ -12,7 +12,7 @@
 //! forced to fail: a governed process is refused (counted, and the event
 //! says why), an ungoverned one is let through.
 
-use tyr_bench::kernel_vm::{EPERM, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
+use tyr_bench::kernel_vm::{EPERM, TYRD_SHELL, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
 
 use std::time::Duration;
 
@@ -55,14 +55,7 @@ setup_home() {{
   echo k > /home/u/.ssh/id_test; echo m > /home/u/.ssh/marker; echo o > $W/open/file
   chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/o $W
 }}
-start_tyrd() {{
-  ev=$1; log=$2; shift 2
-  tyrd observe --state-dir /var/lib/tyr --kind exec --policy /policy.yaml "$@" > $ev 2> $log &
-  TYRD=$!
-  i=0; while ! grep -q "tyrd: observing" $log && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-  grep "tyrd:" $log | sed 's/^/TYR-VM-LOG /'
-}}
-stop_tyrd() {{ kill -INT $TYRD; wait $TYRD; tail -1 $log | sed 's/^/TYR-VM-COUNTERS /'; }}
+{TYRD_SHELL}
 events() {{ grep '"verdict":"DENY"' $1 | sed 's/^/TYR-VM-EVENT /'; }}
 
 # libbpf's log (the verifier's, when a hook does not load) goes to the console.
