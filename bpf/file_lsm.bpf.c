@@ -116,6 +116,24 @@ static __always_inline __u32 tyr_kept_identity(struct tyr_scratch *s, struct ino
 	return len;
 }
 
+/* A check on the name kept on a file's inode: reported as its identity. */
+#define TYR_CHECK_ON_KEPT 2
+
+/* After the checks: when the kept name (kept_len bytes right after the
+ * identity at s->rec + at) decided, it becomes the identity the record
+ * reports. Returns the identity's length. */
+static __always_inline __u32 tyr_report_kept(struct tyr_scratch *s, struct tyr_checks *c, __u32 at,
+					     __u32 identity_len, __u32 kept_len)
+{
+	if (c->best_name != TYR_CHECK_ON_KEPT)
+		return identity_len;
+	c->best_name = TYR_DECIDED_ON_IDENTITY;
+	if (identity_len)
+		bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], kept_len & (TYR_PATH_MAX - 1),
+				      &s->rec[(at + identity_len) & TYR_BASE_MASK]);
+	return kept_len;
+}
+
 /* The policy in force for a hook, and who is asking. */
 struct tyr_who {
 	struct tyr_policy_slot *meta; /* NULL: no policy */
@@ -189,16 +207,15 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 	long n = bpf_d_path(&file->f_path, (char *)(s->rec + base), TYR_PATH_MAX);
 	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
 	__u32 identity_len = 0;
+	__u32 kept = 0;
 
 	/* Read and write intent are checked separately; the stricter wins. */
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
 	if (who.meta) {
 		identity_len = tyr_identity_at(cfg, s, on_task, file->f_path.mnt, file->f_path.dentry, base + path_len);
-		/* A hard link's or a moved file's protected name is its identity. */
-		__u32 kept = tyr_kept_identity(s, file->f_inode, base + path_len);
-		if (kept)
-			identity_len = kept;
+		/* A hard link's or a moved file's protected name decides too. */
+		kept = tyr_kept_identity(s, file->f_inode, base + path_len + identity_len);
 		bool reads = fmode & TYR_FMODE_READ;
 		bool writes = (fmode & TYR_FMODE_WRITE) || kind == TYR_KIND_FILE_WRITE;
 		if (reads)
@@ -211,8 +228,15 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 		if (identity_len && writes)
 			tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_FILE_WRITE, 0,
 				      TYR_DECIDED_ON_IDENTITY);
+		if (kept && reads)
+			tyr_check_add(c, base + path_len + identity_len, kept, TYR_ACTION_FILE_READ, 0,
+				      TYR_CHECK_ON_KEPT);
+		if (kept && writes)
+			tyr_check_add(c, base + path_len + identity_len, kept, TYR_ACTION_FILE_WRITE, 0,
+				      TYR_CHECK_ON_KEPT);
 	}
 	tyr_checks_run(c);
+	identity_len = tyr_report_kept(s, c, base + path_len, identity_len, kept);
 	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 
 	/* Decisions other than plain allow are always reported. */
@@ -292,16 +316,17 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 	long n = bpf_d_path(&exe->f_path, (char *)(s->rec + base), TYR_PATH_MAX);
 	__u32 path_len = n > 1 ? (n - 1) & (TYR_PATH_MAX - 1) : 0;
 	__u32 identity_len = tyr_identity_at(cfg, s, on_task, exe->f_path.mnt, exe->f_path.dentry, base + path_len);
-	__u32 kept = tyr_kept_identity(s, exe->f_inode, base + path_len);
-	if (kept)
-		identity_len = kept;
+	__u32 kept = tyr_kept_identity(s, exe->f_inode, base + path_len + identity_len);
 
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
 	tyr_check_add(c, base, path_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_PATH);
 	if (identity_len)
 		tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_IDENTITY);
+	if (kept)
+		tyr_check_add(c, base + path_len + identity_len, kept, TYR_ACTION_EXEC, 0, TYR_CHECK_ON_KEPT);
 	tyr_checks_run(c);
+	identity_len = tyr_report_kept(s, c, base + path_len, identity_len, kept);
 	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 	struct tyr_policy_decision stored = c->best;
 	if (deny) {

@@ -309,6 +309,9 @@ pub fn run(
     if let Some(link) = &config.agents {
         tracker = tracker.with_feed(Arc::clone(&link.feed));
     }
+    if let Some(mounts) = capture.mount_stats() {
+        let _ = counters.mounts.set(mounts);
+    }
     if let Some(hash) = tracker.hash_counters() {
         // Set once: the hasher's atomics are read directly.
         let _ = counters.exe_hash.set(Arc::clone(hash));

@@ -83,6 +83,7 @@ impl CaptureControl for LoopControl {
             decode_failed: self.counters.decode_failed.load(Ordering::Relaxed),
             spool_write_dropped: self.sink.dropped_events.load(Ordering::Relaxed),
             events_truncated: self.sink.events_truncated.load(Ordering::Relaxed),
+            enforcement_degraded: self.counters.snapshot().enforcement_degraded(),
         }
     }
 

@@ -54,6 +54,7 @@ impl CaptureControl for FakeCapture {
             decode_failed: 7,
             spool_write_dropped: 11,
             events_truncated: 13,
+            enforcement_degraded: BTreeMap::from([("refused_file_read".to_owned(), 17)]),
         }
     }
 
@@ -200,6 +201,7 @@ async fn a_session_streams_the_spool_applies_pushes_and_replays_after_a_reconnec
     assert_eq!((drops.queue_overflow, drops.decode_failed, drops.spool_evicted), (5, 7, 0));
     assert_eq!((drops.spool_write_dropped, drops.spool_torn, drops.events_truncated), (11, 0, 13));
     assert_eq!(drops.ringbuf_reserve_failed.get("EXEC"), Some(&3));
+    assert_eq!(drops.enforcement_degraded.get("refused_file_read"), Some(&17));
 
     // A ConfigUpdate reaches the capture side.
     state

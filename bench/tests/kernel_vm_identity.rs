@@ -3,7 +3,8 @@
 //! agent reads and writes under `/home/*/.ssh/`: its direct open, an open
 //! through a bind mount it made as an unprivileged user in its own user and
 //! mount namespace, an open after chrooting, a hard link, a rename of the
-//! file and of its directory, a mount over the directory, and opens through
+//! file and of its directory (and of the directories above a rule's fully
+//! literal path), a mount over the directory, and opens through
 //! hard links and moves an ungoverned process made (before and after the
 //! policy was loaded) all fail with
 //! EPERM, each with a DENY event naming the rule (and, for the namespace
@@ -33,6 +34,18 @@ overlays:
       action: file_write
       paths: ["/home/*/.ssh/*"]
       verdict: deny
+    - name: claude-notes-watched
+      action: file_read
+      paths: ["/srv/app/notes/*"]
+      verdict: alert
+    - name: claude-aws-config
+      action: file_read
+      paths: ["/srv/app/.config/aws/config"]
+      verdict: allow
+    - name: claude-no-aws-credentials
+      action: file_read
+      paths: ["/srv/app/.config/aws/credentials"]
+      verdict: deny
 "#;
 
 /// The operations both the agent and a plain process try (see `probe agent`).
@@ -44,16 +57,18 @@ const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     rename:/home/u/.ssh/id_test:/work/moved \
     rename:/home/u/.ssh:/work/sshdir \
     mount:/home/u/.ssh \
-    open:/work/prelink";
+    open:/work/prelink \
+    rename:/srv/app/.config/aws:/work/awsdir \
+    rename:/srv/app:/work/appdir";
 
 fn init_script() -> String {
     format!(
         r#"W=/work
 setup_home() {{
-  umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout
-  mkdir -p /home/u/.ssh /tmp/x /tmp/o $W/bin $W/open /var/lib/tyr; chmod 1777 /tmp
-  echo k > /home/u/.ssh/id_test; echo m > /home/u/.ssh/marker; echo o > $W/open/file
-  chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/o $W
+  umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout /work/awsdir /work/appdir /srv/app
+  mkdir -p /home/u/.ssh /srv/app/.config/aws /srv/app/notes /tmp/x /tmp/x2 /tmp/o $W/bin $W/open /var/lib/tyr; chmod 1777 /tmp
+  echo k > /home/u/.ssh/id_test; echo a > /srv/app/.config/aws/credentials; echo m > /home/u/.ssh/marker; echo o > $W/open/file
+  chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/x2 /tmp/o $W
 }}
 {TYRD_SHELL}
 events() {{ grep '"verdict":"DENY"' $1 | sed 's/^/TYR-VM-EVENT /'; }}
@@ -75,8 +90,13 @@ setup_home
 # a protected file, and a protected file moved out of its directory.
 echo o > /home/u/.ssh/other
 ln /home/u/.ssh/id_test $W/latelink; mv /home/u/.ssh/other $W/movedout
-CLAUDECODE=1 $W/bin/claude agent /home/u/.ssh/marker {OPERATIONS} open:$W/latelink open:$W/movedout
-sleep 1; stop_tyrd; events /ev1.json
+# The root filesystem mounted a second time: its files are named by identity.
+echo s > /home/u/.ssh/second; mkdir -p /mnt/again; mount --bind / /mnt/again
+# A file a rule only watches, moved over one a rule protects: both names decide.
+echo n > /srv/app/notes/n1; mv /srv/app/notes/n1 /srv/app/.config/aws/credentials
+CLAUDECODE=1 $W/bin/claude agent /home/u/.ssh/marker {OPERATIONS} open:$W/latelink open:$W/movedout \
+  bind:1000:/srv/app/.config/aws:/tmp/x2:credentials open:/mnt/again/home/u/.ssh/second
+sleep 1; stop_tyrd; events /ev1.json; umount /mnt/again
 
 echo "TYR-VM phase name=failsafe"
 setup_home
@@ -144,10 +164,21 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     assert_eq!(find_line(&lines, "agent-rename", "/home/u/.ssh/id_test").num("errno"), Some(EPERM));
     assert_eq!(find_line(&lines, "agent-rename", "/home/u/.ssh").num("errno"), Some(EPERM), "a directory too");
     assert_eq!(find_line(&lines, "agent-mount", "/home/u/.ssh").num("errno"), Some(EPERM));
+    // Directories above a rule's fully literal path, however far up, an
+    // allow rule before it notwithstanding.
+    for dir in ["/srv/app/.config/aws", "/srv/app"] {
+        assert_eq!(find_line(&lines, "agent-rename", dir).num("errno"), Some(EPERM), "{dir}");
+        assert_eq!(find_line(&lines, "plain-rename", dir).num("errno"), Some(0), "{dir}");
+    }
     // A hard link made, or a file moved out, by an ungoverned process after
     // the policy was loaded: the file keeps its protected name.
     assert_eq!(find_line(&lines, "agent-open", "/work/latelink").num("errno"), Some(EPERM));
     assert_eq!(find_line(&lines, "agent-open", "/work/movedout").num("errno"), Some(EPERM));
+    // Through a bind mount, a file whose kept name is only watched is still
+    // decided on its identity, which a rule protects.
+    assert_eq!(find_line(&lines, "agent-bind", "/tmp/x2/credentials").num("errno"), Some(EPERM));
+    // Through a second mount of the root filesystem.
+    assert_eq!(find_line(&lines, "agent-open", "/mnt/again/home/u/.ssh/second").num("errno"), Some(EPERM));
     // A hard link made before the policy was loaded: found by tyrd's scan.
     assert_eq!(find_line(&lines, "agent-open", "/work/prelink").num("errno"), Some(EPERM));
 
@@ -177,12 +208,22 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     ] {
         deny(identity, "claude-no-ssh-read", &|e| meta(e, "requested_path") == asked);
     }
+    deny("/home/u/.ssh/second", "claude-no-ssh-read", &|e| {
+        meta(e, "requested_path") == "/mnt/again/home/u/.ssh/second"
+    });
+    deny("/srv/app/.config/aws/credentials", "claude-no-aws-credentials", &|e| {
+        meta(e, "requested_path") == "/tmp/x2/credentials"
+    });
     let link = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "link");
     assert_eq!(meta(&link, "link_name"), "/work/newlink", "{link}");
     let rename = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
     assert_eq!(meta(&rename, "new_path"), "/work/moved", "{rename}");
     let dir = deny("/home/u/.ssh", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
     assert_eq!(meta(&dir, "scope"), "subtree", "{dir}");
+    for dir in ["/srv/app/.config/aws", "/srv/app"] {
+        let e = deny(dir, "claude-no-aws-credentials", &|e| meta(e, "operation") == "rename");
+        assert_eq!(meta(&e, "scope"), "subtree", "{e}");
+    }
     events
         .iter()
         .find(|e| e["metadata"]["rule"] == "agent-stacked-mount" && e["metadata"]["operation"] == "mount")

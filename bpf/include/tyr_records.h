@@ -262,12 +262,15 @@ struct tyr_path_key {
 #define TYR_PATH_MATCH_PREFIX 1
 #define TYR_PATH_MATCH_EXACT 2
 #define TYR_PATH_MATCH_GLOB 3
+#define TYR_PATH_MATCH_BELOW 4 /* a rule lies below this directory entry:
+				* matches a whole-directory decision of it */
 
 struct tyr_path_candidate {
 	__u32 rule;    /* 1-based rule index */
 	__u8 verdict;  /* tyr.v1.Verdict */
 	__u8 match;    /* TYR_PATH_MATCH_* */
-	__u16 len;     /* exact: the path's length; glob: where the glob starts */
+	__u16 len;     /* exact: the path's length; glob: where the glob starts;
+			below: the directory's length with its '/' */
 	__u32 glob;    /* glob: index in the slot's glob array */
 };
 

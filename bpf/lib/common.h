@@ -130,6 +130,17 @@ struct {
 	__type(value, struct tyr_mount_value);
 } tyr_mounts SEC(".maps");
 
+/* The mounts in tyrd's mount namespace that name their filesystem's files
+ * as tyr_mounts does (the first mount of each filesystem's root), by mount
+ * id; written by tyrd with tyr_mounts. A file reached through any other
+ * mount (a second mount of the same filesystem) is named by its identity. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} tyr_canonical_mounts SEC(".maps");
+
 /* Socket cookie -> owning process, written at connect, read on egress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

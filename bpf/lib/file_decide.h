@@ -11,12 +11,6 @@
 
 #define TYR_EPERM 1
 
-/* Deny over alert over allow. */
-static __always_inline __u32 tyr_verdict_rank(__u32 verdict)
-{
-	return verdict == TYR_VERDICT_DENY ? 2 : verdict == TYR_VERDICT_ALERT ? 1 : 0;
-}
-
 static __always_inline void tyr_check_add(struct tyr_checks *c, __u32 base, __u32 len, __u32 action, __u32 how,
 					  __u32 name)
 {

@@ -147,14 +147,18 @@ static __always_inline __u32 tyr_resolve_path(struct tyr_scratch *s, __u32 on_ta
 
 /* Whether a file reached through mount `vfsmnt` by the current task may be known
  * under another name in tyrd's mount namespace: the task is in another
- * mount namespace or chrooted, or the mount shows a directory of its
- * filesystem rather than its root (a bind mount). */
+ * mount namespace or chrooted, the mount shows a directory of its
+ * filesystem rather than its root (a bind mount), or it is not the mount
+ * that names the filesystem's files (a second mount of it). */
 static __always_inline bool tyr_identity_may_differ(__u32 init_mnt_ns, struct vfsmount *vfsmnt)
 {
 	struct mount *mnt = tyr_real_mount(vfsmnt);
 	if (BPF_CORE_READ(mnt, mnt_ns, ns.inum) != init_mnt_ns)
 		return true;
 	if (BPF_CORE_READ(mnt, mnt.mnt_root) != BPF_CORE_READ(mnt, mnt.mnt_sb, s_root))
+		return true;
+	__u32 mnt_id = BPF_CORE_READ(mnt, mnt_id);
+	if (!bpf_map_lookup_elem(&tyr_canonical_mounts, &mnt_id))
 		return true;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct mount *ns_root = BPF_CORE_READ(task, nsproxy, mnt_ns, root);

@@ -115,10 +115,63 @@ __noinline int tyr_glob_matches(__u32 slot_how, __u32 glob, __u32 base, __u32 st
 	return state != 0;
 }
 
+/* What tyr_candidates_scan found: the candidate's verdict (bits 0-7) and
+ * rule (bits 32-63). */
+#define TYR_SCAN_HIT (1ULL << 16)
+#define TYR_SCAN_COVERS (1ULL << 17) /* a directory: a prefix rule decides all below it */
+
+static __always_inline __u32 tyr_verdict_rank(__u32 verdict)
+{
+	return verdict == TYR_VERDICT_DENY ? 2 : verdict == TYR_VERDICT_ALERT ? 1 : 0;
+}
+
+/* The candidates of list `list` against the path (len bytes at s->rec +
+ * base; key_len bytes of it, with a directory's '/', in the trie key):
+ * the first that matches, or for a directory decided as a whole
+ * (TYR_DECIDE_SUBTREE) the strictest that matches something below it, up
+ * to a prefix rule that decides all of it. 0: none matched. A global
+ * function: the verifier checks the scan once. */
+__noinline __u64 tyr_candidates_scan(__u32 slot_how, __u32 list, __u32 base, __u32 len, __u32 key_len)
+{
+	__u32 slot = slot_how & 1;
+	bool subtree = (slot_how >> 1) & TYR_DECIDE_SUBTREE;
+	struct tyr_path_candidates *l = slot ? bpf_map_lookup_elem(&tyr_path_lists_slot1, &list)
+					     : bpf_map_lookup_elem(&tyr_path_lists_slot0, &list);
+	if (!l)
+		return 0;
+	__u64 found = 0;
+	for (int i = 0; i < TYR_POLICY_PATH_CANDIDATES; i++) {
+		if (i >= l->count)
+			break;
+		const struct tyr_path_candidate *c = &l->list[i];
+		bool hit = false;
+		if (c->match == TYR_PATH_MATCH_PREFIX)
+			hit = true;
+		else if (c->match == TYR_PATH_MATCH_EXACT)
+			hit = c->len == len;
+		else if (c->match == TYR_PATH_MATCH_GLOB)
+			hit = tyr_glob_matches(slot_how, c->glob, base, c->len, len);
+		else if (c->match == TYR_PATH_MATCH_BELOW)
+			hit = subtree && c->len == key_len;
+		if (!hit)
+			continue;
+		__u64 this = ((__u64)c->rule << 32) | TYR_SCAN_HIT | c->verdict;
+		if (!subtree)
+			return this;
+		if (!found || tyr_verdict_rank(c->verdict) > tyr_verdict_rank(found & 0xff))
+			found = this;
+		if (c->match == TYR_PATH_MATCH_PREFIX)
+			return found | TYR_SCAN_COVERS;
+	}
+	return found;
+}
+
 /* Decides `action` (TYR_ACTION_*) for the path of `len` bytes at
  * s->rec + base, for agent class `class`, under `slot` (whose metadata is
  * `meta`): the caller reads the switch once, so every check of one
- * operation uses the same policy. */
+ * operation uses the same policy. A directory decided as a whole
+ * (TYR_DECIDE_SUBTREE) gets the strictest decision of anything below it,
+ * the default's included unless one rule decides all of it. */
 static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 how, __u32 slot,
 					    const struct tyr_policy_slot *meta, __u32 base, __u32 len, __u32 class,
 					    __u32 action, struct tyr_decision *out)
@@ -148,27 +201,17 @@ static __always_inline void tyr_path_decide(struct tyr_scratch *s, __u32 how, __
 	}
 	if (!index)
 		return;
-	struct tyr_path_candidates *list = slot ? bpf_map_lookup_elem(&tyr_path_lists_slot1, index)
-						: bpf_map_lookup_elem(&tyr_path_lists_slot0, index);
-	if (!list)
+	__u64 found = tyr_candidates_scan(slot | (how << 1), *index, base, len, key_len);
+	if (!(found & TYR_SCAN_HIT))
 		return;
-	for (int i = 0; i < TYR_POLICY_PATH_CANDIDATES; i++) {
-		if (i >= list->count)
-			break;
-		const struct tyr_path_candidate *c = &list->list[i];
-		bool hit = false;
-		if (c->match == TYR_PATH_MATCH_PREFIX)
-			hit = true;
-		else if (c->match == TYR_PATH_MATCH_EXACT)
-			hit = c->len == len;
-		else if (c->match == TYR_PATH_MATCH_GLOB)
-			hit = tyr_glob_matches(slot | (how << 1), c->glob, base, c->len, len);
-		if (hit) {
-			out->verdict = c->verdict;
-			out->rule = c->rule;
-			return;
-		}
-	}
+	__u32 verdict = found & 0xff;
+	bool covers = !(how & TYR_DECIDE_SUBTREE) || (found & TYR_SCAN_COVERS);
+	/* Below a directory no rule decides entirely, the default may decide
+	 * something: it stands where it is stricter. */
+	if (!covers && tyr_verdict_rank(out->verdict) > tyr_verdict_rank(verdict))
+		return;
+	out->verdict = verdict;
+	out->rule = found >> 32;
 }
 
 /* The stricter of two decisions: deny over alert over allow. */

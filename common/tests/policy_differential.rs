@@ -448,3 +448,104 @@ fn kernel_limits_are_compile_errors_naming_the_rule() {
     let error = compile(&set, 1).expect_err("path longer than the key");
     assert!(error.to_string().contains("rule too-long"), "{error}");
 }
+
+/// Deny over alert over allow.
+fn rank(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Deny => 2,
+        Verdict::Alert => 1,
+        Verdict::Allow => 0,
+    }
+}
+
+/// The directories above `path`: `/`, `/a`, `/a/b` for `/a/b/c`.
+fn directories_above(path: &str) -> Vec<&str> {
+    let mut dirs = vec!["/"];
+    dirs.extend(path.match_indices('/').skip(1).map(|(i, _)| &path[..i]));
+    dirs
+}
+
+/// A directory renamed or mounted over is decided as a whole: never less
+/// strictly than any path below it would be, for every class and action,
+/// whatever order the rules come in (an allow rule first included) and
+/// whatever part of a rule's path is literal.
+#[test]
+fn directory_decisions_are_never_weaker_than_a_path_below() {
+    let mut g = Gen(0xd1e5_7a11_0000_0012);
+    let (mut checked, mut stricter) = (0, 0);
+    for id in 0..240 {
+        let set = policy(&mut g, id);
+        let compiled = match compile(&set, 1) {
+            Ok(compiled) => CompiledPolicy::from_bytes(&compiled.to_bytes()).expect("round trip"),
+            Err(CompileError::TooManyCandidates { .. }) => continue,
+            Err(other) => panic!("{other}"),
+        };
+        for _ in 0..300 {
+            let agent = g.pick(&["cursor", "claude-code", "codex", "unknown", UNREGISTERED]);
+            let action = g.pick(&[Action::FileRead, Action::FileWrite, Action::Exec]);
+            let path = format!("{}{}", path(&mut g), if g.below(3) == 0 { path(&mut g) } else { String::new() });
+            let request = match action {
+                Action::FileRead => Request::File { write: false, path: &path },
+                Action::FileWrite => Request::File { write: true, path: &path },
+                _ => Request::Exec { path: &path },
+            };
+            let below = set.decide(agent, &request).verdict;
+            let class = class_of(agent).expect("known agent type");
+            for dir in directories_above(&path) {
+                let (verdict, _) = compiled.decide_directory(class, action, dir.as_bytes());
+                assert!(
+                    rank(verdict) >= rank(below),
+                    "policy {id}, {agent} {action:?}: directory {dir} decided {verdict:?}, {path} below it {below:?}"
+                );
+                checked += 1;
+                stricter += usize::from(rank(verdict) > rank(below));
+            }
+        }
+    }
+    println!("{checked} directory decisions checked, {stricter} stricter than the path");
+    assert!(checked >= 100_000, "only {checked} directory decisions checked");
+}
+
+/// The cases a review found: a literal rule's directories (renaming
+/// `~/.aws` or the home directory around `~/.aws/credentials`), an allow
+/// rule before a deny rule, and a prefix rule that decides a whole
+/// directory first.
+#[test]
+fn directories_above_a_literal_rule_are_decided_by_it() {
+    let rule = |name: &str, verdict, path: PathPattern| Rule {
+        name: name.to_owned(),
+        action: Action::FileRead,
+        verdict,
+        severity: Severity::default_for(verdict),
+        paths: vec![path],
+        cidrs: Vec::new(),
+        ports: Vec::new(),
+        server_names: Vec::new(),
+    };
+    let decide = |rules: Vec<Rule>, dir: &str| {
+        let set = PolicySet {
+            name: "dirs".to_owned(),
+            base: Policy { default_verdict: Verdict::Allow, rules },
+            overlays: BTreeMap::new(),
+        };
+        let compiled = compile(&set, 1).expect("compiles");
+        let (verdict, rule) = compiled.decide_directory(BASE_CLASS, Action::FileRead, dir.as_bytes());
+        (verdict, compiled.rule(rule).map(|r| r.name.clone()))
+    };
+    let credentials = || rule("aws", Verdict::Deny, PathPattern::Exact("/home/u/.aws/credentials".to_owned()));
+    for dir in ["/", "/home", "/home/u", "/home/u/.aws", "/home/u/.aws/credentials"] {
+        assert_eq!(decide(vec![credentials()], dir), (Verdict::Deny, Some("aws".to_owned())), "{dir}");
+    }
+    for dir in ["/home/u/.aw", "/home/u/.aws2", "/home/v", "/srv"] {
+        assert_eq!(decide(vec![credentials()], dir), (Verdict::Allow, None), "{dir}");
+    }
+    let config = rule("config", Verdict::Allow, PathPattern::Exact("/home/u/.aws/config".to_owned()));
+    assert_eq!(decide(vec![config, credentials()], "/home/u/.aws"), (Verdict::Deny, Some("aws".to_owned())));
+    let keys = rule("keys", Verdict::Alert, PathPattern::Glob("/home/*/.ssh/id_*".to_owned()));
+    assert_eq!(decide(vec![keys.clone()], "/home/u/.ssh"), (Verdict::Alert, Some("keys".to_owned())));
+    assert_eq!(decide(vec![keys, credentials()], "/home/u"), (Verdict::Deny, Some("aws".to_owned())));
+    let home = rule("home", Verdict::Allow, PathPattern::Prefix("/home/u/".to_owned()));
+    assert_eq!(decide(vec![home.clone(), credentials()], "/home/u/.aws"), (Verdict::Allow, Some("home".to_owned())));
+    // What a prefix rule before it decides, a rule below cannot.
+    assert_eq!(decide(vec![home, credentials()], "/home"), (Verdict::Allow, None));
+}

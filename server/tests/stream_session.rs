@@ -172,7 +172,11 @@ async fn policy_push_acks_after_storage_and_no_duplicates() {
             timestamp_ns: 1,
             policy_version: version,
             last_seq: 3,
-            drops: Some(DropCounters { queue_overflow: 2, ..DropCounters::default() }),
+            drops: Some(DropCounters {
+                queue_overflow: 2,
+                enforcement_degraded: [("identity_unmapped".to_owned(), 4)].into(),
+                ..DropCounters::default()
+            }),
             spooled_events: 7,
             spool_bytes: 1000,
         }))
@@ -188,6 +192,9 @@ async fn policy_push_acks_after_storage_and_no_duplicates() {
     };
     let row = tokio::time::timeout(Duration::from_secs(10), seen).await.expect("heartbeat stored");
     assert!(row.last_seen_at.is_some());
+    let listed = daemons::summary(&server.pool, daemon.daemon_id).await.expect("summary").expect("daemon");
+    assert_eq!(listed.drops["queue_overflow"], 2, "{}", listed.drops);
+    assert_eq!(listed.drops["enforcement_degraded"]["identity_unmapped"], 4, "{}", listed.drops);
 
     // A replay after reconnecting: the duplicates are acknowledged, not stored again.
     drop(stream);

@@ -25,7 +25,7 @@ use crate::kinds::{KIND_COUNT, KindSet};
 use file_hooks::load_file_hooks;
 pub use health::KernelHealth;
 use health::{Fault, HEALTH_COUNT, fault_injected, fault_injection};
-use mounts::{MountTable, own_mount_namespace};
+use mounts::{MountTable, MountTableStats, own_mount_namespace};
 use tyr_proto::EventKind as Kind;
 
 /// The BPF LSM hooks that decide file opens and execs.
@@ -240,6 +240,7 @@ pub(crate) struct SharedMaps {
     task_agents: MapHandle,
     task_scratch: MapHandle,
     mounts: MapHandle,
+    canonical_mounts: MapHandle,
 }
 
 fn reuse(map: &mut OpenMapMut<'_>, handle: &MapHandle) -> libbpf_rs::Result<()> {
@@ -267,6 +268,7 @@ macro_rules! share_maps {
             .and_then(|()| reuse(&mut maps.tyr_task_agents, &$shared.task_agents))
             .and_then(|()| reuse(&mut maps.tyr_task_scratch, &$shared.task_scratch))
             .and_then(|()| reuse(&mut maps.tyr_mounts, &$shared.mounts))
+            .and_then(|()| reuse(&mut maps.tyr_canonical_mounts, &$shared.canonical_mounts))
     }};
 }
 
@@ -286,7 +288,7 @@ pub struct Capture {
     _file_syscalls: Option<file_syscalls::FileSyscallsSkel<'static>>,
     _connect: Option<connect::ConnectSkel<'static>>,
     _tls: Option<tls_egress::TlsEgressSkel<'static>>,
-    _mount_table: Option<MountTable>,
+    mount_table: Option<MountTable>,
     shared: SharedMaps,
     capabilities: Capabilities,
 }
@@ -380,6 +382,7 @@ impl Capture {
             task_agents: handle(&process.maps.tyr_task_agents)?,
             task_scratch: handle(&process.maps.tyr_task_scratch)?,
             mounts: handle(&process.maps.tyr_mounts)?,
+            canonical_mounts: handle(&process.maps.tyr_canonical_mounts)?,
         };
         write_config(&shared, config)?;
 
@@ -416,7 +419,7 @@ impl Capture {
         let enforce_exec = attacher.attached(EXEC_LSM);
         // Identities need to know where each filesystem sits here; kept
         // current as mounts come and go.
-        let mount_table = bpf_lsm.then(|| MountTable::start(&shared.mounts));
+        let mount_table = bpf_lsm.then(|| MountTable::start(&shared.mounts, &shared.canonical_mounts));
         // Connect rules hold only when both families' hooks are attached.
         let enforce_net =
             connect.is_some() && attacher.attached("cgroup/connect4") && attacher.attached("cgroup/connect6");
@@ -440,10 +443,15 @@ impl Capture {
             _file_syscalls: file_syscalls,
             _connect: connect,
             _tls: tls,
-            _mount_table: mount_table,
+            mount_table,
             shared,
             capabilities,
         })
+    }
+
+    /// What the mount table watcher counts (None: file identities are off).
+    pub fn mount_stats(&self) -> Option<std::sync::Arc<MountTableStats>> {
+        self.mount_table.as_ref().map(|table| std::sync::Arc::clone(&table.stats))
     }
 
     /// What loaded and attached on this kernel.

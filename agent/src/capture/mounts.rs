@@ -8,8 +8,11 @@
 //! looks the result up by (device, directory of the filesystem a mount
 //! shows); the value is that mount's mountpoint here. The first mount of
 //! each (device, root) in mountinfo order wins: the one the system made
-//! first, not a later bind mount of it. A watcher thread rewrites the map
-//! whenever the mount table changes (mountinfo polls POLLPRI on change).
+//! first, not a later bind mount of it; `tyr_canonical_mounts` lists those
+//! first mounts of whole filesystems, so that a file reached through a
+//! second mount of one is named by its identity too. A watcher thread
+//! rewrites both maps whenever the mount table changes (mountinfo polls
+//! POLLPRI on change).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -66,26 +69,45 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The placements of a mountinfo text, first mount of each (device, root) only.
-pub fn parse_mountinfo(text: &str) -> Vec<Placement> {
+/// What tyrd's mount table tells the kernel.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MountView {
+    /// Where each filesystem's files are named (`tyr_mounts`).
+    pub placements: Vec<Placement>,
+    /// Mount ids of the first mount of each filesystem's root: the mounts
+    /// that name files as `placements` does (`tyr_canonical_mounts`). A file
+    /// reached through another mount of a whole filesystem (the same one
+    /// mounted again elsewhere) is named by its identity.
+    pub canonical_ids: Vec<u32>,
+}
+
+/// The placements of a mountinfo text, first mount of each (device, root)
+/// only, and the mounts that name files as they do.
+pub fn parse_mountinfo(text: &str) -> MountView {
     let mut placements: Vec<Placement> = Vec::new();
+    let mut canonical_ids = Vec::new();
     for line in text.lines() {
         // id parent major:minor root mountpoint options ... - fstype source
         let mut fields = line.split(' ');
-        let (Some(_), Some(_), Some(dev), Some(root), Some(mountpoint)) =
+        let (Some(id), Some(_), Some(dev), Some(root), Some(mountpoint)) =
             (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
         let Some((major, minor)) = dev.split_once(':') else { continue };
-        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else { continue };
+        let (Ok(id), Ok(major), Ok(minor)) = (id.parse::<u32>(), major.parse::<u32>(), minor.parse::<u32>()) else {
+            continue;
+        };
         let placement =
             Placement { dev: (major << 20) | minor, root: unescape(root), mountpoint: unescape(mountpoint) };
         if !placements.iter().any(|p| p.dev == placement.dev && p.root == placement.root) {
+            if placement.root == "/" {
+                canonical_ids.push(id);
+            }
             placements.push(placement);
         }
     }
-    canonical(placements)
+    MountView { placements: canonical(placements), canonical_ids }
 }
 
 /// The placements that name files: per filesystem, those whose root is not
@@ -140,33 +162,23 @@ fn value_bytes(value: &tyr_mount_value) -> Vec<u8> {
 pub struct MountTableStats {
     /// Rewrites of the kernel map after a mount table change.
     pub refreshes: AtomicU64,
-    /// Placements that did not fit the kernel's key or value, or its capacity:
-    /// files there have no identity (the name asked for decides alone).
+    /// Placements that did not fit the kernel's key or value, or its capacity
+    /// (files there have no identity: the name asked for decides alone), and
+    /// mounts past the capacity of the canonical list.
     pub skipped: AtomicU64,
     /// Map writes or deletes that failed.
     pub write_failures: AtomicU64,
 }
 
-/// The kernel map's contents, kept in step with mountinfo.
-struct Installer {
+/// A kernel map's contents, kept equal to what is wanted.
+struct SyncedMap {
     map: MapHandle,
     installed: HashMap<Vec<u8>, Vec<u8>>,
-    stats: Arc<MountTableStats>,
 }
 
-impl Installer {
-    fn install(&mut self, placements: &[Placement]) {
-        let mut wanted = HashMap::new();
-        let mut skipped = 0;
-        for placement in placements {
-            match entry(placement) {
-                Some((key, value)) if wanted.len() < CAPACITY => {
-                    wanted.entry(key_bytes(&key)).or_insert_with(|| value_bytes(&value));
-                }
-                _ => skipped += 1,
-            }
-        }
-        self.stats.skipped.store(skipped, Ordering::Relaxed);
+impl SyncedMap {
+    /// Makes the map hold `wanted`, counting failed writes and deletes.
+    fn sync(&mut self, wanted: HashMap<Vec<u8>, Vec<u8>>, stats: &MountTableStats) {
         // Removed first, so the map never needs room for both tables.
         let gone: Vec<Vec<u8>> = self.installed.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for key in gone {
@@ -175,7 +187,7 @@ impl Installer {
                     self.installed.remove(&key);
                 }
                 Err(_) => {
-                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    stats.write_failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -188,10 +200,40 @@ impl Installer {
                     self.installed.insert(key, value);
                 }
                 Err(_) => {
-                    self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    stats.write_failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+}
+
+/// The kernel maps' contents, kept in step with mountinfo.
+struct Installer {
+    placements: SyncedMap,
+    canonical: SyncedMap,
+    stats: Arc<MountTableStats>,
+}
+
+impl Installer {
+    fn install(&mut self, view: &MountView) {
+        let mut wanted = HashMap::new();
+        let mut skipped = 0;
+        for placement in &view.placements {
+            match entry(placement) {
+                Some((key, value)) if wanted.len() < CAPACITY => {
+                    wanted.entry(key_bytes(&key)).or_insert_with(|| value_bytes(&value));
+                }
+                _ => skipped += 1,
+            }
+        }
+        // Mounts past the capacity are not listed: files there are named
+        // by their identity, which costs a walk but names them right.
+        let ids: HashMap<Vec<u8>, Vec<u8>> =
+            view.canonical_ids.iter().take(CAPACITY).map(|id| (id.to_ne_bytes().to_vec(), vec![1])).collect();
+        skipped += view.canonical_ids.len().saturating_sub(CAPACITY);
+        self.stats.skipped.store(skipped as u64, Ordering::Relaxed);
+        self.placements.sync(wanted, &self.stats);
+        self.canonical.sync(ids, &self.stats);
     }
 }
 
@@ -212,17 +254,19 @@ fn read_mountinfo(file: &mut File) -> std::io::Result<String> {
 
 impl MountTable {
     /// Installs the current mount table and watches for changes.
-    pub fn start(map: &MapHandle) -> Self {
+    pub fn start(placements: &MapHandle, canonical: &MapHandle) -> Self {
         let stats = Arc::new(MountTableStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let map = match MapHandle::try_from(map) {
-            Ok(map) => map,
-            Err(error) => {
-                warn!(%error, "no handle on the mount map: file identities are unavailable");
+        let (placements, canonical) = match (MapHandle::try_from(placements), MapHandle::try_from(canonical)) {
+            (Ok(placements), Ok(canonical)) => (placements, canonical),
+            (Err(error), _) | (_, Err(error)) => {
+                warn!(%error, "no handle on the mount maps: file identities are unavailable");
                 return Self { stop, thread: None, stats };
             }
         };
-        let mut installer = Installer { map, installed: HashMap::new(), stats: Arc::clone(&stats) };
+        let synced = |map| SyncedMap { map, installed: HashMap::new() };
+        let mut installer =
+            Installer { placements: synced(placements), canonical: synced(canonical), stats: Arc::clone(&stats) };
         let mut file = match File::open("/proc/self/mountinfo") {
             Ok(file) => file,
             Err(error) => {
@@ -294,13 +338,16 @@ mod tests {
 
     #[test]
     fn first_mount_of_each_root_wins() {
-        let placements = parse_mountinfo(MOUNTINFO);
+        let view = parse_mountinfo(MOUNTINFO);
+        let placements = view.placements;
         let find = |dev: u32, root: &str| placements.iter().find(|p| p.dev == dev && p.root == root).cloned();
         assert_eq!(find(254 << 20 | 1, "/").map(|p| p.mountpoint), Some("/".to_owned()), "not /mnt/again");
         assert_eq!(find(254 << 20 | 2, "/").map(|p| p.mountpoint), Some("/home".to_owned()));
         assert_eq!(find(254 << 20 | 2, "/alice"), None, "a bind mount of a directory /home shows already");
         assert_eq!(find(45, "/@data").map(|p| p.mountpoint), Some("/srv/my data".to_owned()), "escapes undone");
         assert_eq!(placements.len(), 4);
+        // The second mount of /dev/vda's root names its files by identity.
+        assert_eq!(view.canonical_ids, vec![22, 23, 40], "not 41 (a subvolume), 42 (a directory) or 43 (again)");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 
 use crate::capture::KernelHealth;
+use crate::capture::mounts::MountTableStats;
 use crate::detect::exe_hash::HashCounters;
 use crate::enforce::link_scan::LinkScanStats;
 use crate::kinds::{ALL_KINDS, KIND_COUNT};
@@ -36,6 +37,13 @@ pub struct Counters {
     pub hardlink_patterns_unscanned: u64,
     /// Inodes the kernel refused a protected name.
     pub hardlink_protect_failures: u64,
+    /// Rewrites of the kernel's mount maps after a mount table change.
+    pub mount_refreshes: u64,
+    /// Mounts the kernel's maps could not hold (files there are decided on
+    /// the name asked for alone, or named by identity at a walk's cost).
+    pub mounts_unlisted: u64,
+    /// Writes to the kernel's mount maps that failed.
+    pub mount_write_failures: u64,
     /// Records that did not decode.
     pub decode_failed: u64,
     /// Events delivered to the sink (printed, for `tyrd observe`).
@@ -130,6 +138,8 @@ pub struct LiveCounters {
     /// Executables hashed, digests evicted, files too large, requests
     /// dropped on a full queue, and failures: the hasher's own atomics.
     pub exe_hash: OnceLock<Arc<HashCounters>>,
+    /// The mount table watcher's own atomics (when file identities are on).
+    pub mounts: OnceLock<Arc<MountTableStats>>,
     /// The policy version installed in the kernel (0: none yet).
     pub applied_policy_version: AtomicI64,
     /// Policy updates that could not be installed (the previous policy stayed).
@@ -146,6 +156,36 @@ fn load_all(counts: &[AtomicU64; KIND_COUNT]) -> [u64; KIND_COUNT] {
 
 fn named(counts: &[u64; KIND_COUNT]) -> BTreeMap<&'static str, u64> {
     ALL_KINDS.iter().map(|&kind| (kind.as_str_name(), counts[kind as usize])).collect()
+}
+
+impl Counters {
+    /// Where enforcement was less exact than the policy says, by cause:
+    /// operations the kernel could not decide (refused or let through, by
+    /// kind), and what could leave a file decided on fewer of its names.
+    /// Only causes that happened; heartbeats carry it.
+    pub fn enforcement_degraded(&self) -> BTreeMap<String, u64> {
+        let by_kind = |prefix: &str, counts: &BTreeMap<&'static str, u64>| {
+            counts.iter().map(|(kind, n)| (format!("{prefix}_{}", kind.to_ascii_lowercase()), *n)).collect::<Vec<_>>()
+        };
+        let causes = [
+            ("kernel_agents_full", self.kernel.agents_full),
+            ("identity_unmapped", self.kernel.identity_unmapped),
+            ("identity_deep", self.kernel.identity_deep),
+            ("hardlink_scans_cut", self.hardlink_scans_cut),
+            ("hardlink_patterns_unscanned", self.hardlink_patterns_unscanned),
+            ("hardlink_protect_failures", self.hardlink_protect_failures),
+            ("mounts_unlisted", self.mounts_unlisted),
+            ("mount_write_failures", self.mount_write_failures),
+            ("agent_map_failures", self.agent_map_failures),
+            ("policy_clear_failures", self.policy_clear_failures),
+        ];
+        by_kind("refused", &self.refused)
+            .into_iter()
+            .chain(by_kind("undecided", &self.undecided))
+            .chain(causes.into_iter().map(|(cause, n)| (cause.to_owned(), n)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 impl LiveCounters {
@@ -185,6 +225,8 @@ impl LiveCounters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let hash = self.exe_hash.get().map(|h| &**h);
         let hashes = |field: fn(&HashCounters) -> &AtomicU64| hash.map_or(0, |h| get(field(h)));
+        let mount_stats = self.mounts.get().map(|m| &**m);
+        let mounts = |field: fn(&MountTableStats) -> &AtomicU64| mount_stats.map_or(0, |m| get(field(m)));
         Counters {
             seen: named(&load_all(&self.seen)),
             lost: named(&load_all(&self.lost)),
@@ -195,6 +237,9 @@ impl LiveCounters {
             hardlink_scans_cut: get(&self.link_scan.truncated),
             hardlink_patterns_unscanned: get(&self.link_scan.too_broad),
             hardlink_protect_failures: get(&self.link_scan.failures),
+            mount_refreshes: mounts(|m| &m.refreshes),
+            mounts_unlisted: mounts(|m| &m.skipped),
+            mount_write_failures: mounts(|m| &m.write_failures),
             decode_failed: get(&self.decode_failed),
             printed: get(&self.delivered),
             tls_unparsed: get(&self.tls_unparsed),

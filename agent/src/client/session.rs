@@ -70,6 +70,8 @@ pub struct CaptureCounters {
     pub spool_write_dropped: u64,
     /// Events cut to fit the wire's limits.
     pub events_truncated: u64,
+    /// Where enforcement was less exact than the policy says, by cause.
+    pub enforcement_degraded: BTreeMap<String, u64>,
 }
 
 /// The capture side as a session drives it.
@@ -217,6 +219,7 @@ pub fn heartbeat(ctx: &SessionContext) -> Heartbeat {
             spool_write_dropped: counters.spool_write_dropped,
             spool_torn: stats.torn_events,
             events_truncated: counters.events_truncated,
+            enforcement_degraded: counters.enforcement_degraded,
         }),
         spooled_events: stats.events,
         spool_bytes: stats.bytes,

@@ -13,8 +13,8 @@ use tyr_common::policy::compile::bytes::action_code;
 use tyr_common::policy::compile::glob::MAX_GLOB_TOKENS;
 use tyr_common::policy::compile::{
     ACTION_EXEC, ACTION_FILE_READ, ACTION_FILE_WRITE, MAX_CANDIDATES, MAX_GLOBS, MAX_LISTS, MAX_PATH_CANDIDATES,
-    MAX_PORT_RANGES, PATH_KEY_BYTES, PATH_MATCH_EXACT, PATH_MATCH_GLOB, PATH_MATCH_PREFIX, UNKNOWN_CLASS,
-    UNREGISTERED_CLASS, VERDICT_ALERT, VERDICT_ALLOW, VERDICT_DENY,
+    MAX_PORT_RANGES, PATH_KEY_BYTES, PATH_MATCH_BELOW, PATH_MATCH_EXACT, PATH_MATCH_GLOB, PATH_MATCH_PREFIX,
+    UNKNOWN_CLASS, UNREGISTERED_CLASS, VERDICT_ALERT, VERDICT_ALLOW, VERDICT_DENY,
 };
 use tyr_common::policy::model::Action;
 
@@ -174,6 +174,7 @@ const _: () = {
     assert!(defined("TYR_PATH_MATCH_PREFIX") == PATH_MATCH_PREFIX as u64);
     assert!(defined("TYR_PATH_MATCH_EXACT") == PATH_MATCH_EXACT as u64);
     assert!(defined("TYR_PATH_MATCH_GLOB") == PATH_MATCH_GLOB as u64);
+    assert!(defined("TYR_PATH_MATCH_BELOW") == PATH_MATCH_BELOW as u64);
     // Verdicts: the compiler's codes, the header's, and tyr.v1.Verdict
     // (events carry the kernel's verdict as it is).
     assert!(defined("TYR_VERDICT_ALLOW") == VERDICT_ALLOW as u64);

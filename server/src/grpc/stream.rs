@@ -498,6 +498,7 @@ impl Session {
                 "spool_write_dropped": drops.spool_write_dropped,
                 "spool_torn": drops.spool_torn,
                 "events_truncated": drops.events_truncated,
+                "enforcement_degraded": drops.enforcement_degraded,
             }),
             spooled_events: heartbeat.spooled_events,
         };

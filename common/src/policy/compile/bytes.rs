@@ -10,27 +10,29 @@
 //! u32:net_lists  { u16:count { u32:rule u8:verdict u8:nports { u16:first u16:last } } }
 //! u32:net_prefixes { u8:family(4|6) u32:class u8:prefix_len addr(4|16) u32:list }
 //! u32:globs      { u16:len pattern }
-//! u32:path_lists { u16:count { u32:rule u8:verdict u8:match(1 prefix|2 exact|3 glob) u16:len u32:glob } }
+//! u32:path_lists { u16:count { u32:rule u8:verdict u8:match(1 prefix|2 exact|3 glob|4 below) u16:len u32:glob } }
 //! u32:path_prefixes { u32:class u8:action u16:len bytes u32:list }
 //! ```
 //!
 //! Codes: action 1 file_read, 2 file_write, 3 exec, 4 net_connect,
 //! 5 tls_connect; verdict as tyr.v1.Verdict (1 allow, 2 deny, 3 alert);
 //! severity 1 info … 5 critical. `len` of a path candidate is the exact
-//! path's length (exact) or where the glob starts in the path (glob).
+//! path's length (exact), where the glob starts in the path (glob), or the
+//! directory entry's length with its `/` (below).
 
 use std::net::IpAddr;
 
 use super::glob::GlobAutomaton;
 use super::{
     ACTION_EXEC, ACTION_FILE_READ, ACTION_FILE_WRITE, CompileError, CompiledPolicy, MAX_CANDIDATES, MAX_GLOBS,
-    MAX_PATH_CANDIDATES, MAX_PORT_RANGES, NetCandidate, NetPrefix, PATH_KEY_BYTES, PATH_MATCH_EXACT, PATH_MATCH_GLOB,
-    PATH_MATCH_PREFIX, PathCandidate, PathMatch, PathPrefix, RuleInfo, VERDICT_ALERT, VERDICT_ALLOW, VERDICT_DENY,
+    MAX_PATH_CANDIDATES, MAX_PORT_RANGES, NetCandidate, NetPrefix, PATH_KEY_BYTES, PATH_MATCH_BELOW, PATH_MATCH_EXACT,
+    PATH_MATCH_GLOB, PATH_MATCH_PREFIX, PathCandidate, PathMatch, PathPrefix, RuleInfo, VERDICT_ALERT, VERDICT_ALLOW,
+    VERDICT_DENY,
 };
 use crate::policy::model::{Action, Cidr, PortRange, Severity, Verdict};
 
 /// Version of the byte layout above; bumped on any change.
-pub const LAYOUT_VERSION: u16 = 2;
+pub const LAYOUT_VERSION: u16 = 3;
 
 impl CompiledPolicy {
     /// The flat serialised form.
@@ -168,6 +170,7 @@ impl CompiledPolicy {
                 PATH_MATCH_GLOB if (glob as usize) < globs.len() && usize::from(len) <= PATH_KEY_BYTES => {
                     PathMatch::Glob { start: len, glob }
                 }
+                PATH_MATCH_BELOW if usize::from(len) <= PATH_KEY_BYTES => PathMatch::Below { len },
                 _ => return Err(CompileError::Malformed("path candidate")),
             };
             Ok(PathCandidate { rule, verdict, matcher })

@@ -71,6 +71,7 @@ pub const ACTION_EXEC: u8 = 3;
 pub const PATH_MATCH_PREFIX: u8 = 1;
 pub const PATH_MATCH_EXACT: u8 = 2;
 pub const PATH_MATCH_GLOB: u8 = 3;
+pub const PATH_MATCH_BELOW: u8 = 4;
 
 /// The kernel class of an agent type: 1 + its index in the known-agent
 /// table, [`UNKNOWN_CLASS`] for `unknown`, [`UNREGISTERED_CLASS`] for
@@ -182,8 +183,21 @@ impl CompiledPolicy {
     /// The kernel's decision for opening (`FileRead`, `FileWrite`) or
     /// executing (`Exec`) `path`: (verdict, 1-based rule or 0 for the default).
     pub fn decide_path(&self, class: u32, action: Action, path: &[u8]) -> (Verdict, u32) {
-        path::decide(&self.path_prefixes, &self.path_lists, &self.globs, class, action, path)
-            .unwrap_or((self.default_verdict, 0))
+        path::decide(self, class, action, path, false).map_or((self.default_verdict, 0), |f| (f.verdict, f.rule))
+    }
+
+    /// The kernel's decision for directory `path` as a whole (renamed, or
+    /// mounted over): the strictest decision of anything below it, where a
+    /// rule could match there; the default's too unless one rule decides
+    /// everything below it. Never less strict than the decision of any
+    /// path below it.
+    pub fn decide_directory(&self, class: u32, action: Action, path: &[u8]) -> (Verdict, u32) {
+        let default = (self.default_verdict, 0);
+        match path::decide(self, class, action, path, true) {
+            None => default,
+            Some(found) if found.covers => (found.verdict, found.rule),
+            Some(found) => path::stricter((found.verdict, found.rule), default),
+        }
     }
 
     /// The rule with 1-based index `rule`.

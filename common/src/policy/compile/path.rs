@@ -6,14 +6,23 @@
 //! `prefix` (matches), `exact` (the path has exactly that length), `glob`
 //! (the glob automaton matches the path from the end of its literal). The
 //! kernel takes the first candidate that matches.
+//!
+//! A directory is also decided as a whole, when it is renamed or mounted
+//! over: as the strictest decision of anything below it. Each directory
+//! above a rule's literal start (`/`, `/home/`, `/home/u/` for
+//! `/home/u/.aws/credentials`) is an entry of its own, whose `below`
+//! candidate names the strictest rule under it; it matches only such a
+//! whole-directory decision of exactly that directory, so decisions of
+//! single paths are unchanged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
+use super::CompiledPolicy;
 use super::glob::{GlobAutomaton, split_literal};
 use super::net::Lists;
 use super::{
-    BASE_CLASS, CompileError, MAX_GLOBS, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, PATH_MATCH_EXACT, PATH_MATCH_GLOB,
-    PATH_MATCH_PREFIX, in_order,
+    BASE_CLASS, CompileError, MAX_GLOBS, MAX_PATH_CANDIDATES, PATH_KEY_BYTES, PATH_MATCH_BELOW, PATH_MATCH_EXACT,
+    PATH_MATCH_GLOB, PATH_MATCH_PREFIX, in_order,
 };
 use crate::policy::model::{Action, PathPattern, Rule, Verdict};
 
@@ -27,6 +36,10 @@ pub enum PathMatch {
     /// Glob `glob` (index into [`super::CompiledPolicy::globs`]) matches the
     /// path from byte `start` on.
     Glob { start: u16, glob: u32 },
+    /// A rule's literal continues below this entry, a directory of `len`
+    /// bytes with its closing `/`: matches a whole-directory decision of
+    /// exactly that directory, nothing else.
+    Below { len: u16 },
 }
 
 impl PathMatch {
@@ -38,6 +51,7 @@ impl PathMatch {
             Self::Prefix => (PATH_MATCH_PREFIX, 0, 0),
             Self::Exact { len } => (PATH_MATCH_EXACT, len, 0),
             Self::Glob { start, glob } => (PATH_MATCH_GLOB, start, glob),
+            Self::Below { len } => (PATH_MATCH_BELOW, len, 0),
         }
     }
 }
@@ -73,6 +87,18 @@ impl Literal {
     /// Whether this pattern belongs in the list of trie entry `node`.
     fn applies_at(&self, node: &[u8]) -> bool {
         node.starts_with(&self.bytes) && (!matches!(self.matcher, PathMatch::Exact { .. }) || node == self.bytes)
+    }
+
+    /// Whether this pattern's literal continues below directory entry
+    /// `node` (which ends with `/`).
+    fn below(&self, node: &[u8]) -> bool {
+        self.bytes.len() > node.len() && self.bytes.starts_with(node)
+    }
+
+    /// The directories above this literal's end, each with its closing `/`.
+    fn ancestors(&self) -> impl Iterator<Item = &[u8]> {
+        let bytes = &self.bytes;
+        (0..bytes.len().saturating_sub(1)).filter(|&i| bytes[i] == b'/').map(move |i| &bytes[..=i])
     }
 }
 
@@ -165,15 +191,19 @@ impl PathBuilder {
             for (index, rule) in in_order(action, own, base) {
                 ordered.push((index, rule.verdict, self.literals(rule)?));
             }
-            let mut nodes: Vec<Vec<u8>> =
-                ordered.iter().flat_map(|(_, _, literals)| literals.iter().map(|l| l.bytes.clone())).collect();
-            nodes.sort();
-            nodes.dedup();
-            for node in nodes {
-                let list = candidates_at(&ordered, &node);
+            let all = || ordered.iter().flat_map(|(_, _, literals)| literals.iter());
+            let literal_nodes: BTreeSet<&[u8]> = all().map(|l| l.bytes.as_slice()).collect();
+            let ancestors: BTreeSet<&[u8]> = all().flat_map(Literal::ancestors).collect();
+            for node in literal_nodes.union(&ancestors) {
+                let list = candidates_at(&ordered, node);
+                // A directory above the literals that no deny or alert rule
+                // lies below decides as the shorter entry would.
+                if !literal_nodes.contains(node) && !list.iter().any(|c| matches!(c.matcher, PathMatch::Below { .. })) {
+                    continue;
+                }
                 if list.len() > MAX_PATH_CANDIDATES {
                     return Err(CompileError::TooManyCandidates {
-                        prefix: String::from_utf8_lossy(&node).into_owned(),
+                        prefix: String::from_utf8_lossy(node).into_owned(),
                         count: list.len(),
                     });
                 }
@@ -181,56 +211,130 @@ impl PathBuilder {
                     continue;
                 }
                 let list = self.lists.index(list)?;
-                self.prefixes.push(PathPrefix { class, action, bytes: node, list });
+                self.prefixes.push(PathPrefix { class, action, bytes: node.to_vec(), list });
             }
         }
         Ok(())
     }
 }
 
+/// Deny over alert over allow.
+fn rank(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Deny => 2,
+        Verdict::Alert => 1,
+        Verdict::Allow => 0,
+    }
+}
+
 /// The candidates of trie entry `node`, in decision order, up to the first
-/// unconditional one.
+/// unconditional one; for a directory entry, the strictest deny or alert
+/// rule reachable below it (one `below` candidate, before that
+/// unconditional one: nothing after it is reachable in the directory).
 fn candidates_at(ordered: &[(u32, Verdict, Vec<Literal>)], node: &[u8]) -> Vec<PathCandidate> {
     let mut list = Vec::new();
+    let mut below: Option<PathCandidate> = None;
+    let is_directory = node.ends_with(b"/");
+    // Prefixes of earlier rules: whatever starts with one is theirs.
+    let mut decided: Vec<&[u8]> = Vec::new();
     for (rule, verdict, literals) in ordered {
+        let reachable = |l: &&Literal| !decided.iter().any(|p| l.bytes.starts_with(p));
+        if is_directory
+            && rank(*verdict) > below.map_or(0, |b| rank(b.verdict))
+            && literals.iter().filter(reachable).any(|l| l.below(node))
+        {
+            let len = node.len() as u16; // at most PATH_KEY_BYTES
+            below = Some(PathCandidate { rule: *rule, verdict: *verdict, matcher: PathMatch::Below { len } });
+        }
         for literal in literals.iter().filter(|l| l.applies_at(node)) {
             list.push(PathCandidate { rule: *rule, verdict: *verdict, matcher: literal.matcher });
             if literal.matcher == PathMatch::Prefix {
-                return list; // nothing after an unconditional match is reachable
+                // Nothing after an unconditional match is reachable.
+                let last = list.pop();
+                list.extend(below);
+                list.extend(last);
+                return list;
             }
         }
+        decided.extend(literals.iter().filter(|l| l.matcher == PathMatch::Prefix).map(|l| l.bytes.as_slice()));
     }
+    list.extend(below);
     list
 }
 
-/// The kernel's file or exec decision over compiled entries. None: no
-/// candidate matched.
+/// The kernel's file or exec decision over compiled entries
+/// (bpf/lib/path_policy.h). None: no candidate matched. With `directory`,
+/// `path` is a directory decided as a whole: the strictest candidate that
+/// matches something below it, up to one that decides all of it; `covers`
+/// says whether one did.
 pub(super) fn decide(
-    prefixes: &[PathPrefix],
-    lists: &[Vec<PathCandidate>],
-    globs: &[String],
+    compiled: &CompiledPolicy,
     class: u32,
     action: Action,
     path: &[u8],
-) -> Option<(Verdict, u32)> {
-    // The kernel's key holds the first PATH_KEY_BYTES bytes of the path.
-    let key = &path[..path.len().min(PATH_KEY_BYTES)];
+    directory: bool,
+) -> Option<Found> {
+    // The kernel's key holds the first PATH_KEY_BYTES bytes of the path
+    // (a directory's with the '/' below it).
+    let mut key = path[..path.len().min(PATH_KEY_BYTES)].to_vec();
+    if directory && key.len() < PATH_KEY_BYTES && path.len() > 1 {
+        key.push(b'/');
+    }
     let lookup = |class: u32| {
-        prefixes
+        compiled
+            .path_prefixes
             .iter()
             .filter(|p| p.class == class && p.action == action && key.starts_with(&p.bytes))
             .max_by_key(|p| p.bytes.len())
     };
     let found = lookup(class).or_else(|| if class != BASE_CLASS { lookup(BASE_CLASS) } else { None })?;
-    lists[found.list as usize]
-        .iter()
-        .find(|c| match c.matcher {
+    let automaton = |glob: u32| compiled.globs.get(glob as usize).and_then(|g| GlobAutomaton::new(g));
+    let mut best: Option<Found> = None;
+    for c in &compiled.path_lists[found.list as usize] {
+        let hit = match c.matcher {
             PathMatch::Prefix => true,
             PathMatch::Exact { len } => path.len() == usize::from(len),
             PathMatch::Glob { start, glob } => {
-                let automaton = globs.get(glob as usize).and_then(|g| GlobAutomaton::new(g));
-                automaton.is_some_and(|a| path.get(usize::from(start)..).is_some_and(|rest| a.matches(rest)))
+                let rest = path.get(usize::from(start)..);
+                match (directory, automaton(glob), rest) {
+                    (true, _, None) => usize::from(start) == path.len() + 1,
+                    (_, Some(a), Some(rest)) if directory => {
+                        let state = rest.iter().fold(a.start(), |state, &b| a.step(state, b));
+                        a.step(state, b'/') != 0
+                    }
+                    (_, Some(a), Some(rest)) => a.matches(rest),
+                    _ => false,
+                }
             }
-        })
-        .map(|c| (c.verdict, c.rule))
+            PathMatch::Below { len } => directory && usize::from(len) == key.len(),
+        };
+        if !hit {
+            continue;
+        }
+        let this = Found { verdict: c.verdict, rule: c.rule, covers: c.matcher == PathMatch::Prefix };
+        if !directory {
+            return Some(this);
+        }
+        if best.is_none_or(|b| rank(c.verdict) > rank(b.verdict)) {
+            best = Some(this);
+        }
+        if this.covers {
+            return best.map(|b| Found { covers: true, ..b });
+        }
+    }
+    best
+}
+
+/// A decision's candidate: its verdict and 1-based rule, and whether it
+/// decides everything below a directory.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Found {
+    pub verdict: Verdict,
+    pub rule: u32,
+    pub covers: bool,
+}
+
+/// The stricter of two decisions, `a` where they are as strict.
+pub(super) fn stricter(a: (Verdict, u32), b: (Verdict, u32)) -> (Verdict, u32) {
+    if rank(b.0) > rank(a.0) { b } else { a }
 }
