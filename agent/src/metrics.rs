@@ -118,6 +118,7 @@ impl Collector for DaemonSources {
         let e = &mut encoder;
         let capture = self.capture.snapshot();
         bounds(e, &capture)?;
+        identities(e, &capture)?;
         by_kind(e, "tyrd_events_seen", "Kernel records decoded, by kind (before userspace filters)", capture.seen)?;
         by_kind(e, "tyrd_events_lost", "Records the kernel could not emit (ring buffer full), by kind", capture.lost)?;
         by_kind(
@@ -309,6 +310,40 @@ fn bounds(e: &mut DescriptorEncoder, capture: &Counters) -> Result<(), std::fmt:
     Ok(())
 }
 
+/// How files are kept decided on all their names: hard links made before
+/// the policy, and the mount table identities are built from.
+fn identities(e: &mut DescriptorEncoder, capture: &Counters) -> Result<(), std::fmt::Error> {
+    let counters = [
+        (
+            "tyrd_hardlinks_protected",
+            "Files linked before the policy whose inode was given the protected name",
+            capture.hardlinks_protected,
+        ),
+        ("tyrd_hardlink_scans_cut", "Hard-link scans cut at their entry bound", capture.hardlink_scans_cut),
+        (
+            "tyrd_hardlink_patterns_unscanned",
+            "File rule patterns too broad for the hard-link scan (no directory before the first *)",
+            capture.hardlink_patterns_unscanned,
+        ),
+        (
+            "tyrd_hardlink_protect_failures",
+            "Inodes the kernel refused a protected name",
+            capture.hardlink_protect_failures,
+        ),
+        ("tyrd_mount_refreshes", "Rewrites of the kernel's mount maps after a mount change", capture.mount_refreshes),
+        (
+            "tyrd_mounts_unlisted",
+            "Mounts the kernel's mount maps could not hold (their files named less exactly)",
+            capture.mounts_unlisted,
+        ),
+        ("tyrd_mount_write_failures", "Writes to the kernel's mount maps that failed", capture.mount_write_failures),
+    ];
+    for (name, help, value) in counters {
+        counter(e, name, help, value)?;
+    }
+    Ok(())
+}
+
 /// Binds the metrics address (before anything else starts, so that a
 /// taken port fails the start rather than going unnoticed).
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
@@ -357,6 +392,8 @@ mod tests {
         assert!(text.contains("tyrd_events_seen_total{kind=\"file_read\"} 0\n"), "{text}");
         assert!(text.contains("tyrd_connected_streams 0\n"), "{text}");
         assert!(text.contains("tyrd_agents_refused_total 0\n"), "{text}");
+        assert!(text.contains("tyrd_hardlink_scans_cut_total 0\n"), "{text}");
+        assert!(text.contains("tyrd_mounts_unlisted_total 0\n"), "{text}");
 
         sources.capture.applied_policy_version.store(42, Ordering::Relaxed);
         sources.link.reconnects.fetch_add(3, Ordering::Relaxed);

@@ -289,4 +289,21 @@ mod tests {
         let snapshot = counters.snapshot();
         assert_eq!((snapshot.exe_hash_evicted, snapshot.agent_claims_ignored), (7, 2));
     }
+
+    #[test]
+    fn enforcement_degradations_name_their_cause() {
+        let counters = LiveCounters::default();
+        assert!(counters.snapshot().enforcement_degraded().is_empty(), "nothing happened");
+        let mut refused = [0; KIND_COUNT];
+        refused[EventKind::FileRead as usize] = 3;
+        let health = KernelHealth { identity_unmapped: 5, ..KernelHealth::default() };
+        counters.set_kernel_decisions(&refused, health);
+        counters.link_scan.truncated.store(1, Ordering::Relaxed);
+        let mounts = Arc::new(MountTableStats::default());
+        mounts.skipped.store(2, Ordering::Relaxed);
+        assert!(counters.mounts.set(mounts).is_ok());
+        let degraded = counters.snapshot().enforcement_degraded();
+        let want = [("refused_file_read", 3), ("identity_unmapped", 5), ("hardlink_scans_cut", 1), ("mounts_unlisted", 2)];
+        assert_eq!(degraded, want.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<BTreeMap<_, _>>());
+    }
 }
