@@ -158,6 +158,7 @@ static __always_inline void tyr_checks_init(struct tyr_checks *c, const struct t
 	c->class = tyr_class_of(who->agent);
 	c->on_task = on_task;
 	c->count = 0;
+	c->governed = who->governed;
 }
 
 /* Writes the identity of the file at (mnt, dentry) at s->rec + at when it
@@ -235,7 +236,7 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 			tyr_check_add(c, base + path_len + identity_len, kept, TYR_ACTION_FILE_WRITE, 0,
 				      TYR_CHECK_ON_KEPT);
 	}
-	tyr_checks_run(c);
+	tyr_checks_run(s);
 	identity_len = tyr_report_kept(s, c, base + path_len, identity_len, kept);
 	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 
@@ -325,7 +326,7 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 		tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_IDENTITY);
 	if (kept)
 		tyr_check_add(c, base + path_len + identity_len, kept, TYR_ACTION_EXEC, 0, TYR_CHECK_ON_KEPT);
-	tyr_checks_run(c);
+	tyr_checks_run(s);
 	identity_len = tyr_report_kept(s, c, base + path_len, identity_len, kept);
 	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 	struct tyr_policy_decision stored = c->best;
@@ -340,7 +341,7 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 		rec->exe_len = path_len;
 		rec->argv_len = 0;
 		rec->result = -TYR_EPERM;
-		rec->reserved = 0;
+		rec->reserved = c->failsafe;
 		rec->decision = stored;
 		tyr_emit(s, base, path_len, TYR_KIND_EXEC);
 	} else {
@@ -444,7 +445,7 @@ int BPF_PROG(tyr_path_link, struct dentry *old_dentry, const struct path *new_di
 			tyr_check_rw(c, base + n.path_len + n.name_len, n.identity_len, 0, TYR_DECIDED_ON_IDENTITY);
 		tyr_check_add(c, base + n.path_len, n.name_len, TYR_ACTION_FILE_WRITE, 0, TYR_DECIDED_ON_PATH);
 	}
-	tyr_checks_run(c);
+	tyr_checks_run(s);
 	/* Whoever makes it, a new name for a protected file carries the
 	 * protected one with it. */
 	if (c->best.verdict != TYR_VERDICT_DENY) {
@@ -498,7 +499,7 @@ int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_den
 		else
 			tyr_check_add(c, base + n.path_len, n.name_len, TYR_ACTION_FILE_WRITE, how, TYR_DECIDED_ON_PATH);
 	}
-	tyr_checks_run(c);
+	tyr_checks_run(s);
 	/* Whoever moves it, a protected file keeps its protected name. */
 	if (c->best.verdict != TYR_VERDICT_DENY && !how) {
 		struct tyr_config *cfg = tyr_config();
@@ -586,7 +587,7 @@ static __always_inline int tyr_mount_decide(const struct path *target, const cha
 	if (n.identity_len)
 		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE,
 			      TYR_DECIDE_SUBTREE, TYR_DECIDED_ON_IDENTITY);
-	tyr_checks_run(c);
+	tyr_checks_run(s);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_MOUNT, &n);
 }
 

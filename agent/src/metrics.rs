@@ -158,6 +158,12 @@ impl Collector for DaemonSources {
             "File identities deeper or longer than the kernel's walk",
             kernel.identity_deep,
         )?;
+        counter(
+            e,
+            "tyrd_kernel_incomplete",
+            "Operations of governed processes refused because a name or check of theirs could not be resolved",
+            kernel.incomplete,
+        )?;
         counter(e, "tyrd_undecodable_records", "Kernel records that did not decode", capture.decode_failed)?;
         counter(
             e,

@@ -11,7 +11,8 @@
 //! ones, the path asked for beside the identity decided). An ungoverned
 //! process does all of it unhindered. Then, with the kernel's scratch
 //! forced to fail: a governed process is refused (counted, and the event
-//! says why), an ungoverned one is let through.
+//! says why), an ungoverned one is let through; and the same when a name
+//! or check of an operation cannot be resolved.
 
 use tyr_bench::kernel_vm::{EPERM, TYRD_SHELL, boot, debian_kernel, find_line, prefixed, result_lines, tyrd_image};
 
@@ -104,6 +105,13 @@ TYRD_FAULT_INJECT=scratch start_tyrd /ev2.json /log2.txt
 probe agent - open:$W/open/file
 CLAUDECODE=1 $W/bin/claude agent $W/open/file open:$W/open/file
 sleep 1; stop_tyrd; grep '"failsafe"' /ev2.json | sed 's/^/TYR-VM-FAILSAFE /'
+
+echo "TYR-VM phase name=incomplete"
+setup_home
+TYRD_FAULT_INJECT=incomplete start_tyrd /ev3.json /log3.txt
+probe agent - rename:$W/open/file:$W/open/plain-moved
+CLAUDECODE=1 $W/bin/claude agent $W/open/plain-moved rename:$W/open/plain-moved:$W/open/agent-moved
+sleep 1; stop_tyrd; grep '"failsafe"' /ev3.json | sed 's/^/TYR-VM-INCOMPLETE /'
 "#
     )
 }
@@ -239,7 +247,8 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     assert_eq!(refused.num("errno"), Some(EPERM), "the governed process was not refused: {refused:?}");
     assert_eq!(find_line(&lines, "agent-open", "/work/open/file").num("errno"), Some(EPERM));
     let counters: Vec<&str> = prefixed(&console, "TYR-VM-COUNTERS ").collect();
-    let last: serde_json::Value = serde_json::from_str(counters.last().expect("counters")).expect("counters JSON");
+    let last: serde_json::Value =
+        serde_json::from_str(counters.get(1).expect("counters of the failsafe phase")).expect("counters JSON");
     let refused_reads = last["refused"]["FILE_READ"].as_u64().unwrap_or(0);
     assert!(refused_reads >= 2, "refusals not counted: {last}");
     assert!(last["undecided"]["FILE_READ"].as_u64().unwrap_or(0) >= 1, "ungoverned let through, counted: {last}");
@@ -248,6 +257,22 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     assert_eq!(failsafe["verdict"], "DENY", "{failsafe}");
     assert_eq!(meta(&failsafe, "failsafe"), "no_scratch", "{failsafe}");
     assert_eq!(failsafe["agent_type"], "claude-code", "{failsafe}");
+
+    // A name or check that could not be resolved (injected: every check
+    // after the first is lost): the governed process is refused the
+    // operation its policy allows, counted, and the event says why; the
+    // ungoverned one is not.
+    assert_eq!(find_line(&lines, "plain-rename", "/work/open/file").num("errno"), Some(0));
+    let ready = lines.iter().filter(|l| l.test == "agent-ready").nth(2).expect("third agent");
+    assert_eq!(ready.num("errno"), Some(0), "one check, all of it decided: {ready:?}");
+    assert_eq!(find_line(&lines, "agent-rename", "/work/open/plain-moved").num("errno"), Some(EPERM));
+    let last: serde_json::Value =
+        serde_json::from_str(counters.get(2).expect("counters of the incomplete phase")).expect("counters JSON");
+    assert!(last["kernel"]["incomplete"].as_u64().unwrap_or(0) >= 1, "incomplete not counted: {last}");
+    let incomplete = prefixed(&console, "TYR-VM-INCOMPLETE ").next().expect("an incomplete event");
+    let incomplete: serde_json::Value = serde_json::from_str(incomplete).expect("event JSON");
+    assert_eq!((meta(&incomplete, "failsafe"), meta(&incomplete, "operation")), ("incomplete".into(), "rename".into()));
+    assert_eq!(incomplete["verdict"], "DENY", "{incomplete}");
 
     let _ = std::fs::remove_dir_all(&work);
 }

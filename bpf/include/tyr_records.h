@@ -57,7 +57,8 @@ enum tyr_failsafe_reason {
 	TYR_FAILSAFE_NONE = 0,
 	TYR_FAILSAFE_NO_SCRATCH = 1,   /* no per-CPU or per-task scratch space */
 	TYR_FAILSAFE_STACKED_MOUNT = 2, /* not undecided: tyrd refuses governed agents overlay and FUSE mounts */
-	TYR_FAILSAFE_COUNT = 3,
+	TYR_FAILSAFE_INCOMPLETE = 3,   /* a name or check of the operation could not be resolved */
+	TYR_FAILSAFE_COUNT = 4,
 };
 
 /* Kernel-side health counters (tyr_health), by index. */
@@ -66,12 +67,14 @@ enum tyr_health_counter {
 	TYR_HEALTH_TASK_SCRATCH = 1,    /* decisions made in per-task scratch (per-CPU was busy) */
 	TYR_HEALTH_IDENTITY_UNMAPPED = 2, /* identities on a filesystem tyrd's namespace does not mount */
 	TYR_HEALTH_IDENTITY_DEEP = 3,   /* identities deeper than the walk bound */
-	TYR_HEALTH_COUNT = 4,
+	TYR_HEALTH_INCOMPLETE = 4,      /* operations whose names or checks did not all run */
+	TYR_HEALTH_COUNT = 5,
 };
 
 /* Fault injection bits (tyr_config.fault_inject), for tests. */
 enum tyr_fault {
-	TYR_FAULT_SCRATCH = 1, /* every scratch claim of a policy decision fails */
+	TYR_FAULT_SCRATCH = 1,    /* every scratch claim of a policy decision fails */
+	TYR_FAULT_INCOMPLETE = 2, /* file checks stop after the first, as if its scratch were lost */
 };
 
 /* Verdicts, numbered as tyr.v1.Verdict. */

@@ -175,10 +175,14 @@ struct tyr_checks {
 	__u32 class;
 	__u32 on_task;
 	__u32 count;
+	__u32 done;     /* checks decided */
+	__u32 governed; /* the process must be refused what is not fully decided */
 	struct tyr_check list[TYR_CHECKS];
 	struct tyr_policy_decision best;
 	__u32 best_action; /* the action of the best decision */
 	__u32 best_name;   /* enum tyr_decided_on */
+	__u32 failsafe;    /* enum tyr_failsafe_reason of the decision */
+	__u32 reserved;
 };
 
 /* A path walk in progress (lib/path.h). */
@@ -215,6 +219,7 @@ struct tyr_name_job {
 struct tyr_names {
 	struct tyr_name_job jobs[TYR_NAME_JOBS];
 	__u32 count;
+	__u32 done;        /* jobs resolved */
 	__u32 at;          /* where the next name goes */
 	__u32 flags;       /* out: TYR_F_TRUNCATED */
 	__u32 init_mnt_ns; /* tyrd's mount namespace */

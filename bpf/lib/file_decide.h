@@ -47,6 +47,9 @@ static long tyr_check_step(__u64 index, void *ctx)
 	struct tyr_policy_slot *meta = bpf_map_lookup_elem(&tyr_policy_slots, &slot);
 	if (!meta)
 		return 1;
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg || ((cfg->fault_inject & TYR_FAULT_INCOMPLETE) && index > 0))
+		return 1;
 	const struct tyr_check *k = &c->list[index & (TYR_CHECKS - 1)];
 	struct tyr_decision d;
 	__u32 how = k->how | (c->on_task ? TYR_DECIDE_ON_TASK : 0);
@@ -56,19 +59,35 @@ static long tyr_check_step(__u64 index, void *ctx)
 		c->best_action = k->action;
 		c->best_name = k->name;
 	}
+	c->done = index + 1;
 	return 0;
 }
 
-/* Runs the checks in c (s->checks); the strictest decision is in c->best. */
-static __always_inline void tyr_checks_run(struct tyr_checks *c)
+/* Runs the checks of s->checks, whose names s->names resolved; the
+ * strictest decision is in c->best. When a name or a check could not be
+ * resolved (its loop lost the scratch), a governed process is refused:
+ * what was decided may not be the strictest. */
+static __always_inline void tyr_checks_run(struct tyr_scratch *s)
 {
+	struct tyr_checks *c = &s->checks;
 	c->best.policy_version = 0;
 	c->best.rule = 0;
 	c->best.verdict = 0;
 	c->best_action = 0;
 	c->best_name = TYR_DECIDED_ON_PATH;
+	c->failsafe = TYR_FAILSAFE_NONE;
+	c->done = 0;
 	__u32 on_task = c->on_task;
 	bpf_loop(TYR_CHECKS, tyr_check_step, &on_task, 0);
+	if (!c->governed || (c->done >= c->count && s->names.done >= s->names.count))
+		return;
+	tyr_count_health(TYR_HEALTH_INCOMPLETE);
+	__u32 slot = c->slot;
+	struct tyr_policy_slot *meta = bpf_map_lookup_elem(&tyr_policy_slots, &slot);
+	c->best.policy_version = meta ? meta->version : 0;
+	c->best.rule = 0;
+	c->best.verdict = TYR_VERDICT_DENY;
+	c->failsafe = TYR_FAILSAFE_INCOMPLETE;
 }
 
 static __always_inline bool tyr_reportable(const struct tyr_policy_decision *d)
@@ -161,7 +180,7 @@ static __always_inline void tyr_file_record(struct tyr_file_fixed *rec, __s32 re
 	rec->decided_on = c->best_name;
 	rec->decision = c->best;
 	rec->identity_len = identity_len;
-	rec->failsafe = TYR_FAILSAFE_NONE;
+	rec->failsafe = c->failsafe;
 	rec->reserved = 0;
 	rec->reserved2 = 0;
 }

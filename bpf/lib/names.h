@@ -15,6 +15,7 @@
 static __always_inline void tyr_names_init(struct tyr_scratch *s, __u32 init_mnt_ns)
 {
 	s->names.count = 0;
+	s->names.done = 0;
 	s->names.flags = 0;
 	s->names.init_mnt_ns = init_mnt_ns;
 }
@@ -78,6 +79,7 @@ static long tyr_name_step(__u64 index, void *ctx)
 	job->len = len & (TYR_PATH_MAX * 2 - 1);
 	s->names.at = base + job->len;
 	s->names.flags |= flags;
+	s->names.done = index + 1;
 	return 0;
 }
 
@@ -85,6 +87,7 @@ static long tyr_name_step(__u64 index, void *ctx)
 static __always_inline void tyr_names_run(struct tyr_scratch *s, __u32 on_task, __u32 base)
 {
 	s->names.at = base;
+	s->names.done = 0;
 	bpf_loop(TYR_NAME_JOBS, tyr_name_step, &on_task, 0);
 }
 

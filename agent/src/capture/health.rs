@@ -21,6 +21,9 @@ pub struct KernelHealth {
     pub identity_unmapped: u64,
     /// File identities deeper or longer than the kernel's walk.
     pub identity_deep: u64,
+    /// Operations of governed processes refused because one of their names
+    /// or checks could not be resolved.
+    pub incomplete: u64,
 }
 
 impl KernelHealth {
@@ -31,6 +34,7 @@ impl KernelHealth {
             task_scratch: at(tyr_health_counter::TYR_HEALTH_TASK_SCRATCH),
             identity_unmapped: at(tyr_health_counter::TYR_HEALTH_IDENTITY_UNMAPPED),
             identity_deep: at(tyr_health_counter::TYR_HEALTH_IDENTITY_DEEP),
+            incomplete: at(tyr_health_counter::TYR_HEALTH_INCOMPLETE),
         }
     }
 }
@@ -40,6 +44,8 @@ impl KernelHealth {
 pub(super) enum Fault {
     /// Every scratch claim of a kernel policy decision fails.
     Scratch,
+    /// File checks stop after the first, as if their scratch were lost.
+    Incomplete,
     /// Attaching `cgroup/connect4` fails.
     ConnectAttach,
 }
@@ -48,6 +54,7 @@ impl Fault {
     fn name(self) -> &'static str {
         match self {
             Self::Scratch => "scratch",
+            Self::Incomplete => "incomplete",
             Self::ConnectAttach => "connect-attach",
         }
     }
@@ -60,5 +67,8 @@ pub(super) fn fault_injected(fault: Fault) -> bool {
 
 /// The kernel's fault injection bits (`enum tyr_fault`) asked for.
 pub(super) fn fault_injection() -> u32 {
-    if fault_injected(Fault::Scratch) { tyr_fault::TYR_FAULT_SCRATCH.0 } else { 0 }
+    [(Fault::Scratch, tyr_fault::TYR_FAULT_SCRATCH), (Fault::Incomplete, tyr_fault::TYR_FAULT_INCOMPLETE)]
+        .into_iter()
+        .filter(|(fault, _)| fault_injected(*fault))
+        .fold(0, |bits, (_, bit)| bits | bit.0)
 }

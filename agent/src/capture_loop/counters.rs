@@ -171,6 +171,7 @@ impl Counters {
             ("kernel_agents_full", self.kernel.agents_full),
             ("identity_unmapped", self.kernel.identity_unmapped),
             ("identity_deep", self.kernel.identity_deep),
+            ("incomplete", self.kernel.incomplete),
             ("hardlink_scans_cut", self.hardlink_scans_cut),
             ("hardlink_patterns_unscanned", self.hardlink_patterns_unscanned),
             ("hardlink_protect_failures", self.hardlink_protect_failures),
@@ -303,7 +304,8 @@ mod tests {
         mounts.skipped.store(2, Ordering::Relaxed);
         assert!(counters.mounts.set(mounts).is_ok());
         let degraded = counters.snapshot().enforcement_degraded();
-        let want = [("refused_file_read", 3), ("identity_unmapped", 5), ("hardlink_scans_cut", 1), ("mounts_unlisted", 2)];
+        let want =
+            [("refused_file_read", 3), ("identity_unmapped", 5), ("hardlink_scans_cut", 1), ("mounts_unlisted", 2)];
         assert_eq!(degraded, want.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<BTreeMap<_, _>>());
     }
 }

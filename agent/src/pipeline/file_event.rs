@@ -67,6 +67,7 @@ pub fn failsafe_text(reason: u8) -> Option<&'static str> {
         0 => None,
         r if r == tyr_failsafe_reason::TYR_FAILSAFE_NO_SCRATCH.0 => Some("no_scratch"),
         r if r == tyr_failsafe_reason::TYR_FAILSAFE_STACKED_MOUNT.0 => Some(STACKED_MOUNT),
+        r if r == tyr_failsafe_reason::TYR_FAILSAFE_INCOMPLETE.0 => Some("incomplete"),
         _ => Some("unknown"),
     }
 }
