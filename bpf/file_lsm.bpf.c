@@ -616,6 +616,109 @@ int BPF_PROG(tyr_move_mount, const struct path *from_path, const struct path *to
 	return tyr_mount_decide(to_path, NULL);
 }
 
+/* A unix socket's peer, reached by path: connecting or sending to it is a
+ * write of the socket file (as the kernel's permission check has it), so
+ * file rules decide it for governed processes. That is how work is handed
+ * to a service outside the agent's lineage (the session bus and systemd's
+ * socket behind systemd-run, a tmux server, an agent socket): a rule on
+ * the socket's path keeps the agent from it. Sockets with no path
+ * (abstract, unbound) have no name a rule could give. */
+static __always_inline int tyr_unix_decide(struct sock *peer)
+{
+	struct unix_sock *u = (struct unix_sock *)peer;
+	struct dentry *dentry = BPF_CORE_READ(u, path.dentry);
+	if (!dentry)
+		return 0;
+	struct tyr_who who;
+	__u32 on_task = 0;
+	int verdict;
+	struct tyr_scratch *s = tyr_governed_op_begin(&who, TYR_FILE_OP_CONNECT, false, &on_task, &verdict);
+	if (!s)
+		return verdict;
+	struct vfsmount *mnt = BPF_CORE_READ(u, path.mnt);
+	tyr_name_add(s, TYR_NAME_PATH, mnt, dentry, NULL);
+	tyr_name_add(s, TYR_NAME_STRING, NULL, NULL, NULL); /* no other name */
+	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
+	struct tyr_op_names n;
+	tyr_governed_op_names(s, on_task, &n);
+
+	__u32 base = sizeof(struct tyr_file_fixed);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_WRITE, 0, TYR_DECIDED_ON_PATH);
+	if (n.identity_len)
+		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE, 0,
+			      TYR_DECIDED_ON_IDENTITY);
+	tyr_checks_run(s);
+	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_CONNECT, &n);
+}
+
+SEC("lsm/unix_stream_connect")
+int BPF_PROG(tyr_unix_connect, struct sock *sock, struct sock *other, struct sock *newsk, int ret)
+{
+	if (ret)
+		return ret;
+	return tyr_unix_decide(other);
+}
+
+SEC("lsm/unix_may_send")
+int BPF_PROG(tyr_unix_send, struct socket *sock, struct socket *other, int ret)
+{
+	if (ret)
+		return ret;
+	return tyr_unix_decide(BPF_CORE_READ(other, sk));
+}
+
+/* ptrace access modes (include/linux/ptrace.h). */
+#define TYR_PTRACE_MODE_ATTACH 0x02
+
+/* The record of a refused ptrace: the target as /proc/PID. */
+struct tyr_refused_ptrace {
+	struct tyr_file_fixed rec;
+	char path[32];
+};
+
+/* Governed agents may not reach into a process governed less strictly
+ * (ptrace, pidfd_getfd, process_vm_writev, /proc/PID/mem: all ask for
+ * attach access): what they did there would escape their policy. Reading
+ * (/proc/PID/stat and the like) stays open. */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(tyr_ptrace_access, struct task_struct *child, unsigned int mode, int ret)
+{
+	if (ret)
+		return ret;
+	if (!(mode & TYR_PTRACE_MODE_ATTACH))
+		return 0;
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg)
+		return 0;
+	struct tyr_who who;
+	tyr_who(&who);
+	if (!who.governed)
+		return 0;
+	__u32 target = BPF_CORE_READ(child, tgid);
+	if (target == who.tgid)
+		return 0;
+	/* Its own kind (its descendants included) is governed alike. */
+	struct tyr_agent_class *theirs = bpf_map_lookup_elem(&tyr_agents, &target);
+	if (!theirs)
+		theirs = bpf_task_storage_get(&tyr_task_agents, child->group_leader, 0, 0);
+	if (theirs && who.agent && theirs->agent_type == who.agent->agent_type)
+		return 0;
+	struct tyr_refused_ptrace *out = bpf_ringbuf_reserve(&tyr_events, sizeof(*out), 0);
+	if (!out) {
+		tyr_count_lost(TYR_KIND_FILE_WRITE);
+		return -TYR_EPERM;
+	}
+	__u64 args[1] = { target };
+	long n = bpf_snprintf(out->path, sizeof(out->path), "/proc/%d", args, sizeof(args));
+	__u32 path_len = n > 1 ? (n - 1) & (sizeof(out->path) - 1) : 0;
+	tyr_refusal_record(&out->rec, TYR_KIND_FILE_WRITE, TYR_FILE_OP_PTRACE, path_len, who.meta->version,
+			   TYR_FAILSAFE_NONE);
+	bpf_ringbuf_submit(out, 0);
+	return -TYR_EPERM;
+}
+
 /* Governed agents may be kept out of new user namespaces (where they could
  * get mount and chroot rights); off unless tyrd is told so. */
 SEC("lsm/userns_create")

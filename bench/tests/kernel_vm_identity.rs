@@ -35,6 +35,10 @@ overlays:
       action: file_write
       paths: ["/home/*/.ssh/*"]
       verdict: deny
+    - name: claude-no-session-bus
+      action: file_write
+      paths: ["/run/user/*/bus", "/run/user/*/dgram"]
+      verdict: deny
     - name: claude-notes-watched
       action: file_read
       paths: ["/srv/app/notes/*"]
@@ -60,7 +64,10 @@ const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     mount:/home/u/.ssh \
     open:/work/prelink \
     rename:/srv/app/.config/aws:/work/awsdir \
-    rename:/srv/app:/work/appdir";
+    rename:/srv/app:/work/appdir \
+    uconnect:/run/user/1000/bus \
+    usend:/run/user/1000/dgram \
+    ptrace:/run/serve.pid";
 
 fn init_script() -> String {
     format!(
@@ -84,6 +91,8 @@ setup_home
 # A hard link made before the policy is loaded.
 mkdir -p /home/v/.ssh; echo p > /home/v/.ssh/pre; ln /home/v/.ssh/pre $W/prelink
 cp /bin/probe $W/bin/claude
+# A service outside any agent's lineage (a session bus, say), reached by its sockets.
+mkdir -p /run/user/1000; probe serve /run/user/1000/bus /run/user/1000/dgram /run/serve.pid &
 start_tyrd /ev1.json /log1.txt
 probe agent - {OPERATIONS}
 setup_home
@@ -110,7 +119,7 @@ echo "TYR-VM phase name=incomplete"
 setup_home
 TYRD_FAULT_INJECT=incomplete start_tyrd /ev3.json /log3.txt
 probe agent - rename:$W/open/file:$W/open/plain-moved
-CLAUDECODE=1 $W/bin/claude agent $W/open/plain-moved rename:$W/open/plain-moved:$W/open/agent-moved
+CLAUDECODE=1 $W/bin/claude agent /home/u/.ssh/marker rename:$W/open/plain-moved:$W/open/agent-moved
 sleep 1; stop_tyrd; grep '"failsafe"' /ev3.json | sed 's/^/TYR-VM-INCOMPLETE /'
 "#
     )
@@ -137,7 +146,17 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
 
     // Every hook that holds governed processes to their file rules attached.
     let hooks = lines.iter().find(|l| l.test == "hooks").expect("hooks line");
-    for hook in ["file_open", "path_link", "path_rename", "sb_mount", "move_mount", "userns_create"] {
+    for hook in [
+        "file_open",
+        "path_link",
+        "path_rename",
+        "sb_mount",
+        "move_mount",
+        "userns_create",
+        "unix_stream_connect",
+        "unix_may_send",
+        "ptrace_access_check",
+    ] {
         assert_eq!(hooks.fields.get(hook).map(String::as_str), Some("true"), "{hook}: {hooks:?}");
     }
 
@@ -185,6 +204,14 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     // Through a bind mount, a file whose kept name is only watched is still
     // decided on its identity, which a rule protects.
     assert_eq!(find_line(&lines, "agent-bind", "/tmp/x2/credentials").num("errno"), Some(EPERM));
+    // Work handed outside the agent's lineage: the service's sockets are
+    // decided as writes of their files; its process cannot be attached to.
+    for (test, path) in
+        [("uconnect", "/run/user/1000/bus"), ("usend", "/run/user/1000/dgram"), ("ptrace", "/run/serve.pid")]
+    {
+        assert_eq!(find_line(&lines, &format!("plain-{test}"), path).num("errno"), Some(0), "{test}");
+        assert_eq!(find_line(&lines, &format!("agent-{test}"), path).num("errno"), Some(EPERM), "{test}");
+    }
     // Through a second mount of the root filesystem.
     assert_eq!(find_line(&lines, "agent-open", "/mnt/again/home/u/.ssh/second").num("errno"), Some(EPERM));
     // A hard link made before the policy was loaded: found by tyrd's scan.
@@ -222,6 +249,16 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     deny("/srv/app/.config/aws/credentials", "claude-no-aws-credentials", &|e| {
         meta(e, "requested_path") == "/tmp/x2/credentials"
     });
+    for socket in ["/run/user/1000/bus", "/run/user/1000/dgram"] {
+        let e = deny(socket, "claude-no-session-bus", &|e| meta(e, "operation") == "connect");
+        assert_eq!(e["kind"], "FILE_WRITE", "{e}");
+    }
+    events
+        .iter()
+        .find(|e| {
+            e["metadata"]["rule"] == "agent-ptrace" && e["resource"].as_str().is_some_and(|r| r.starts_with("/proc/"))
+        })
+        .unwrap_or_else(|| panic!("no DENY for the ptrace attach: {events:#?}"));
     let link = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "link");
     assert_eq!(meta(&link, "link_name"), "/work/newlink", "{link}");
     let rename = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
@@ -264,7 +301,7 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     // ungoverned one is not.
     assert_eq!(find_line(&lines, "plain-rename", "/work/open/file").num("errno"), Some(0));
     let ready = lines.iter().filter(|l| l.test == "agent-ready").nth(2).expect("third agent");
-    assert_eq!(ready.num("errno"), Some(0), "one check, all of it decided: {ready:?}");
+    assert_eq!(ready.num("errno"), Some(EPERM), "one check, all of it decided: {ready:?}");
     assert_eq!(find_line(&lines, "agent-rename", "/work/open/plain-moved").num("errno"), Some(EPERM));
     let last: serde_json::Value =
         serde_json::from_str(counters.get(2).expect("counters of the incomplete phase")).expect("counters JSON");

@@ -33,6 +33,14 @@
  *                                 overlay:UID:LOWER:MNT:FILE (as UID, in a new
  *                                   user and mount namespace, a read-only
  *                                   overlay of LOWER on MNT, open MNT/FILE)
+ *                                 uconnect:PATH (connect a unix stream socket)
+ *                                 usend:PATH (send a unix datagram)
+ *                                 ptrace:PIDFILE (attach to the process whose
+ *                                   pid PIDFILE holds, then detach)
+ *   probe serve STREAM DGRAM PIDFILE
+ *                               listen on unix stream socket STREAM, bind
+ *                               datagram socket DGRAM, write the pid to
+ *                               PIDFILE, then wait forever
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -46,6 +54,8 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -140,6 +150,49 @@ static int unprivileged_namespace(int uid, int mounts)
 	return 0;
 }
 
+/* A unix socket address for PATH. */
+static struct sockaddr_un unix_address(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	strncpy(addr.sun_path, path, sizeof(addr.sun_path) - 1);
+	return addr;
+}
+
+/* Connects (SOCK_STREAM) or sends a datagram (SOCK_DGRAM) to PATH: the errno. */
+static int try_unix(const char *path, int type)
+{
+	struct sockaddr_un addr = unix_address(path);
+	int fd = socket(AF_UNIX, type, 0);
+	if (fd < 0)
+		return errno;
+	int err = 0;
+	if (type == SOCK_STREAM)
+		err = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) ? errno : 0;
+	else
+		err = sendto(fd, "x", 1, 0, (struct sockaddr *)&addr, sizeof(addr)) < 0 ? errno : 0;
+	close(fd);
+	return err;
+}
+
+/* Attaches to the process whose pid PIDFILE holds, then detaches: the errno. */
+static int try_ptrace(const char *pidfile)
+{
+	FILE *f = fopen(pidfile, "r");
+	int pid = 0;
+	if (!f)
+		return errno;
+	if (fscanf(f, "%d", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	if (pid <= 0)
+		return EINVAL;
+	if (ptrace(PTRACE_ATTACH, pid, NULL, NULL))
+		return errno;
+	waitpid(pid, NULL, __WALL);
+	ptrace(PTRACE_DETACH, pid, NULL, NULL);
+	return 0;
+}
+
 /* One OP of `probe agent`, in a child for the namespace ones; prints its line. */
 static void agent_op(const char *who, char *op)
 {
@@ -155,6 +208,12 @@ static void agent_op(const char *who, char *op)
 		err = link(fields[1], fields[2]) ? errno : 0;
 	} else if (!strcmp(fields[0], "rename") && n == 3) {
 		err = rename(fields[1], fields[2]) ? errno : 0;
+	} else if (!strcmp(fields[0], "uconnect") && n == 2) {
+		err = try_unix(path, SOCK_STREAM);
+	} else if (!strcmp(fields[0], "usend") && n == 2) {
+		err = try_unix(path, SOCK_DGRAM);
+	} else if (!strcmp(fields[0], "ptrace") && n == 2) {
+		err = try_ptrace(path);
 	} else if (!strcmp(fields[0], "mount") && n == 2) {
 		err = mount("tmpfs", fields[1], "tmpfs", 0, NULL) ? errno : 0;
 	} else if ((!strcmp(fields[0], "bind") && n == 5) || (!strcmp(fields[0], "chroot") && n == 4) ||
@@ -236,6 +295,28 @@ int main(int argc, char **argv)
 		for (int i = 3; i < argc; i++)
 			agent_op(governed ? "agent" : "plain", argv[i]);
 		return 0;
+	}
+	if (!strcmp(mode, "serve") && argc >= 5) {
+		struct sockaddr_un stream = unix_address(argv[2]), dgram = unix_address(argv[3]);
+		int s = socket(AF_UNIX, SOCK_STREAM, 0), d = socket(AF_UNIX, SOCK_DGRAM, 0);
+		unlink(argv[2]);
+		unlink(argv[3]);
+		if (s < 0 || d < 0 || bind(s, (struct sockaddr *)&stream, sizeof(stream)) || listen(s, 64) ||
+		    bind(d, (struct sockaddr *)&dgram, sizeof(dgram))) {
+			printf("TYR-VM serve errno=%d\n", errno);
+			return 1;
+		}
+		chmod(argv[2], 0777);
+		chmod(argv[3], 0777);
+		FILE *f = fopen(argv[4], "w");
+		if (f) {
+			fprintf(f, "%d\n", getpid());
+			fclose(f);
+		}
+		printf("TYR-VM serve errno=0\n");
+		fflush(stdout);
+		for (;;)
+			pause();
 	}
 	if (!strcmp(mode, "connect") && argc >= 4) {
 		printf("TYR-VM connect ip=%s errno=%d\n", argv[2], try_connect(argv[2], argv[3]));

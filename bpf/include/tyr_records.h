@@ -43,6 +43,8 @@ enum tyr_file_op {
 	TYR_FILE_OP_RENAME = 2, /* path: the old name; name: the new one */
 	TYR_FILE_OP_MOUNT = 3,  /* path: the mountpoint; name: the source as given */
 	TYR_FILE_OP_USERNS = 4, /* a user namespace created; no path */
+	TYR_FILE_OP_PTRACE = 5, /* another process reached into (ptrace, pidfd_getfd, ...); path: /proc/PID */
+	TYR_FILE_OP_CONNECT = 6, /* a unix socket connected or sent to: a write of the socket file; path: it */
 };
 
 /* Which name of a file its verdict was decided on. */

@@ -1,11 +1,11 @@
 //! Loading the file hooks: BPF LSM (opens, execs, and the link, rename,
-//! mount and user-namespace hooks that hold governed agents to their file
-//! rules), else the open syscall tracepoints.
+//! mount, unix socket, ptrace and user-namespace hooks that hold governed
+//! agents to their file rules), else the open syscall tracepoints.
 
 use super::*;
 
 /// Loads the LSM object. A kernel lacking one of the optional hooks
-/// (`userns_create` before 6.1, the path hooks without
+/// (`userns_create` before 6.1, the path and unix socket hooks without
 /// CONFIG_SECURITY_PATH, `path_rename` without its flags before 5.19)
 /// refuses the whole object; it is then loaded without them, so file and
 /// exec rules still hold, and the first error says why they are missing.
@@ -22,6 +22,9 @@ fn load_lsm(shared: &SharedMaps) -> (libbpf_rs::Result<file_lsm::FileLsmSkel<'st
             &mut progs.tyr_sb_mount,
             &mut progs.tyr_move_mount,
             &mut progs.tyr_userns_create,
+            &mut progs.tyr_unix_connect,
+            &mut progs.tyr_unix_send,
+            &mut progs.tyr_ptrace_access,
         ] {
             prog.set_autoload(false);
         }
@@ -51,6 +54,9 @@ pub(super) fn load_file_hooks(
                     (MOUNT_LSM, &progs.tyr_sb_mount),
                     (MOVE_MOUNT_LSM, &progs.tyr_move_mount),
                     (USERNS_LSM, &progs.tyr_userns_create),
+                    (UNIX_CONNECT_LSM, &progs.tyr_unix_connect),
+                    (UNIX_SEND_LSM, &progs.tyr_unix_send),
+                    (PTRACE_LSM, &progs.tyr_ptrace_access),
                 ] {
                     match &optional_error {
                         Some(error) => attacher.record(hook, Some(error.clone()), ""),
@@ -68,7 +74,7 @@ pub(super) fn load_file_hooks(
     attacher.record(FILE_OPEN_LSM, Some(lsm_error.clone()), FILE_FALLBACK);
     attacher.record(EXEC_BEGIN_LSM, Some(lsm_error.clone()), "not needed without lsm/bprm_check_security");
     attacher.record(EXEC_LSM, Some(lsm_error.clone()), EXEC_FALLBACK);
-    for hook in [LINK_LSM, RENAME_LSM, MOUNT_LSM, MOVE_MOUNT_LSM, USERNS_LSM] {
+    for hook in GOVERNING_LSM {
         attacher.record(hook, Some(lsm_error.clone()), "");
     }
 

@@ -40,6 +40,14 @@ pub const RENAME_LSM: &str = "lsm/path_rename";
 pub const MOUNT_LSM: &str = "lsm/sb_mount";
 pub const MOVE_MOUNT_LSM: &str = "lsm/move_mount";
 pub const USERNS_LSM: &str = "lsm/userns_create";
+/// Connecting or sending to a unix socket, decided as a write of its file.
+pub const UNIX_CONNECT_LSM: &str = "lsm/unix_stream_connect";
+pub const UNIX_SEND_LSM: &str = "lsm/unix_may_send";
+/// Reaching into another process (ptrace, pidfd_getfd, process_vm_writev).
+pub const PTRACE_LSM: &str = "lsm/ptrace_access_check";
+/// Every hook holding governed processes to their policy beyond opens and execs.
+pub const GOVERNING_LSM: [&str; 8] =
+    [LINK_LSM, RENAME_LSM, MOUNT_LSM, MOVE_MOUNT_LSM, USERNS_LSM, UNIX_CONNECT_LSM, UNIX_SEND_LSM, PTRACE_LSM];
 
 /// What serves execs when `lsm/bprm_check_security` cannot: the exec
 /// tracepoint sees every exec after the fact, and exec rules are decided

@@ -222,6 +222,7 @@ impl EventBuilder {
                 (Some(reason), _) if reason == file_event::STACKED_MOUNT => Some(file_event::STACKED_MOUNT_RULE),
                 (Some(_), _) => Some(file_event::FAILSAFE_RULE),
                 (None, Some(operation)) if operation == "userns_create" => Some(file_event::USERNS_RULE),
+                (None, Some(operation)) if operation == file_event::PTRACE_OPERATION => Some(file_event::PTRACE_RULE),
                 _ => None,
             };
         if let Some(name) = not_a_rule {

@@ -30,6 +30,11 @@ pub const STACKED_MOUNT: &str = "stacked_mount";
 pub const STACKED_MOUNT_RULE: &str = "agent-stacked-mount";
 /// The `rule` of a governed agent refused a user namespace (`--agent-userns deny`).
 pub const USERNS_RULE: &str = "agent-userns-deny";
+/// `operation` of a governed agent reaching into another process
+/// (ptrace, pidfd_getfd, process_vm_writev, /proc/PID/mem).
+pub const PTRACE_OPERATION: &str = "ptrace";
+/// The `rule` of its refusal: the other process is governed less strictly.
+pub const PTRACE_RULE: &str = "agent-ptrace";
 /// Metadata key, value `subtree`: a directory decided as everything below
 /// it (renames and mounts of directories).
 pub const SCOPE_KEY: &str = "scope";
@@ -55,6 +60,8 @@ fn op_name(op: u8) -> Option<(&'static str, &'static str)> {
         (tyr_file_op::TYR_FILE_OP_RENAME, "rename", "new_path"),
         (tyr_file_op::TYR_FILE_OP_MOUNT, "mount", "mount_source"),
         (tyr_file_op::TYR_FILE_OP_USERNS, "userns_create", ""),
+        (tyr_file_op::TYR_FILE_OP_PTRACE, PTRACE_OPERATION, ""),
+        (tyr_file_op::TYR_FILE_OP_CONNECT, "connect", ""),
     ]
     .into_iter()
     .find(|(code, ..)| code.0 == op)
