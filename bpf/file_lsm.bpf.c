@@ -9,15 +9,20 @@
  *
  * A file is decided on every name it has here: the path asked for and,
  * when the process could see the file under another name than tyrd does
- * (another mount namespace, a bind mount, a chroot), its identity — its
- * path in tyrd's mount namespace; the stricter decision stands. Governed
- * processes (agents under a policy that can deny) are also held to their
- * file rules when they link, rename or mount: a hard link to or a rename of
- * a file they may not read or write is refused, and so is a mount over a
- * place they may not write. What cannot be decided for them is refused. */
+ * (another mount namespace, a bind mount, a chroot, a second mount), its
+ * identity — its path in tyrd's mount namespace — and any protected name
+ * kept on its inode; the strictest decision stands. Governed processes
+ * (agents under a policy that can deny) are also held to their file rules
+ * when they link, rename or mount: a hard link to or a rename of a file
+ * they may not read or write is refused, and so is a mount over a place
+ * they may not write; a directory is decided as everything below it. Their
+ * unix socket connects and sends are writes of the socket file, and they
+ * may not attach to processes governed less strictly. What cannot be
+ * decided for them is refused. */
 #define TYR_TASK_STORAGE
 #include "lib/common.h"
 #include "lib/file_decide.h"
+#include "lib/kept_names.h"
 
 /* f_mode bits (include/linux/fs.h). */
 #define TYR_FMODE_READ 0x1
@@ -28,111 +33,6 @@
 #define TYR_S_IFDIR 0040000
 /* renameat2 flags (include/uapi/linux/fs.h). */
 #define TYR_RENAME_EXCHANGE 2
-
-/* The protected name of a file reached by another: set on its inode when a
- * hard link to, or a rename of, a file some class's rules cover is made —
- * by any process — and decided on at every open and exec of it, whatever
- * name is used. Freed with the inode. */
-struct tyr_inode_identity {
-	__u32 len;
-	__u32 reserved;
-	char path[TYR_PATH_MAX];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_INODE_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct tyr_inode_identity);
-} tyr_inode_ids SEC(".maps");
-
-/* Whether any class's rules cover reading or writing a name. */
-struct tyr_covered {
-	__u32 on_task;
-	__u32 slot;
-	__u32 base;
-	__u32 len;
-	__u32 checks; /* 2 per class: read, write */
-	__u32 covered;
-};
-
-static long tyr_covered_step(__u64 index, void *ctx)
-{
-	struct tyr_covered *a = ctx;
-	if (index >= a->checks)
-		return 1;
-	struct tyr_scratch *s = tyr_scratch_entry(a->on_task);
-	__u32 slot = a->slot;
-	struct tyr_policy_slot *meta = bpf_map_lookup_elem(&tyr_policy_slots, &slot);
-	if (!s || !meta)
-		return 1;
-	/* Classes: those no agent claims, unregistered agents, then each
-	 * known agent type (each falls back to the base policy). */
-	__u32 at = index / 2;
-	__u32 class = at == 0 ? TYR_CLASS_UNKNOWN : at == 1 ? TYR_CLASS_UNREGISTERED : at - 1;
-	__u32 action = index % 2 ? TYR_ACTION_FILE_WRITE : TYR_ACTION_FILE_READ;
-	struct tyr_decision d;
-	tyr_path_decide(s, a->on_task ? TYR_DECIDE_ON_TASK : 0, slot, meta, a->base, a->len, class, action, &d);
-	if (d.verdict == TYR_VERDICT_DENY || d.verdict == TYR_VERDICT_ALERT) {
-		a->covered = 1;
-		return 1;
-	}
-	return 0;
-}
-
-/* Keeps the protected name (len bytes at s->rec + at) on `inode` when a
- * rule of any class covers it; a name already kept stays. */
-static __always_inline void tyr_keep_identity(const struct tyr_config *cfg, struct tyr_scratch *s, __u32 on_task,
-					      __u32 slot, struct inode *inode, __u32 at, __u32 len)
-{
-	if (!len || !inode)
-		return;
-	struct tyr_covered covered = {
-		.on_task = on_task,
-		.slot = slot,
-		.base = at,
-		.len = len,
-		.checks = 2 * (cfg->known_classes + 2),
-	};
-	bpf_loop(128, tyr_covered_step, &covered, 0);
-	if (!covered.covered)
-		return;
-	struct tyr_inode_identity *id =
-		bpf_inode_storage_get(&tyr_inode_ids, inode, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!id || id->len)
-		return;
-	bpf_probe_read_kernel(id->path, len & (TYR_PATH_MAX - 1), &s->rec[at & TYR_BASE_MASK]);
-	id->len = len & (TYR_PATH_MAX - 1);
-}
-
-/* Writes the name kept on `inode`, if any, at s->rec + at; returns its length. */
-static __always_inline __u32 tyr_kept_identity(struct tyr_scratch *s, struct inode *inode, __u32 at)
-{
-	struct tyr_inode_identity *id = bpf_inode_storage_get(&tyr_inode_ids, inode, 0, 0);
-	if (!id || !id->len)
-		return 0;
-	__u32 len = id->len & (TYR_PATH_MAX - 1);
-	bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], len, id->path);
-	return len;
-}
-
-/* A check on the name kept on a file's inode: reported as its identity. */
-#define TYR_CHECK_ON_KEPT 2
-
-/* After the checks: when the kept name (kept_len bytes right after the
- * identity at s->rec + at) decided, it becomes the identity the record
- * reports. Returns the identity's length. */
-static __always_inline __u32 tyr_report_kept(struct tyr_scratch *s, struct tyr_checks *c, __u32 at,
-					     __u32 identity_len, __u32 kept_len)
-{
-	if (c->best_name != TYR_CHECK_ON_KEPT)
-		return identity_len;
-	c->best_name = TYR_DECIDED_ON_IDENTITY;
-	if (identity_len)
-		bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], kept_len & (TYR_PATH_MAX - 1),
-				      &s->rec[(at + identity_len) & TYR_BASE_MASK]);
-	return kept_len;
-}
 
 /* The policy in force for a hook, and who is asking. */
 struct tyr_who {
@@ -414,6 +314,19 @@ static __always_inline int tyr_emit_governed_op(struct tyr_scratch *s, __u32 on_
 	return deny ? -TYR_EPERM : 0;
 }
 
+/* Keeps the existing file's protected name (its identity, else its path:
+ * the operation's first names) on its inode, when a rule covers it. */
+static __always_inline void tyr_keep_name_of(struct tyr_scratch *s, __u32 on_task, const struct tyr_who *who,
+					     struct inode *inode, const struct tyr_op_names *n)
+{
+	struct tyr_config *cfg = tyr_config();
+	if (!cfg)
+		return;
+	__u32 base = sizeof(struct tyr_file_fixed);
+	__u32 at = n->identity_len ? base + n->path_len + n->name_len : base;
+	tyr_keep_identity(cfg, s, on_task, who->slot, inode, at, n->identity_len ? n->identity_len : n->path_len);
+}
+
 /* A new name for an existing file: the governed may not link a file they
  * may not read or write (the link would be a way around the rule), nor
  * create a name where they may not write. */
@@ -448,13 +361,8 @@ int BPF_PROG(tyr_path_link, struct dentry *old_dentry, const struct path *new_di
 	tyr_checks_run(s);
 	/* Whoever makes it, a new name for a protected file carries the
 	 * protected one with it. */
-	if (c->best.verdict != TYR_VERDICT_DENY) {
-		struct tyr_config *cfg = tyr_config();
-		__u32 at = n.identity_len ? base + n.path_len + n.name_len : base;
-		if (cfg)
-			tyr_keep_identity(cfg, s, on_task, who.slot, old_dentry->d_inode, at,
-					  n.identity_len ? n.identity_len : n.path_len);
-	}
+	if (c->best.verdict != TYR_VERDICT_DENY)
+		tyr_keep_name_of(s, on_task, &who, old_dentry->d_inode, &n);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_LINK, &n);
 }
 
@@ -501,14 +409,42 @@ int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_den
 	}
 	tyr_checks_run(s);
 	/* Whoever moves it, a protected file keeps its protected name. */
-	if (c->best.verdict != TYR_VERDICT_DENY && !how) {
-		struct tyr_config *cfg = tyr_config();
-		__u32 at = n.identity_len ? base + n.path_len + n.name_len : base;
-		if (cfg)
-			tyr_keep_identity(cfg, s, on_task, who.slot, old_dentry->d_inode, at,
-					  n.identity_len ? n.identity_len : n.path_len);
-	}
+	if (c->best.verdict != TYR_VERDICT_DENY && !how)
+		tyr_keep_name_of(s, on_task, &who, old_dentry->d_inode, &n);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_RENAME, &n);
+}
+
+/* A governed process's operation that writes at (mnt, dentry) — a mount
+ * over it (`how` TYR_DECIDE_SUBTREE: a directory, decided as everything
+ * below it), a connect to the socket there — decided on its path and
+ * identity; `source` is the other name the record carries (NULL: none).
+ * Returns the hook's verdict. */
+static __always_inline int tyr_governed_write(__u32 op, __u32 how, struct vfsmount *mnt, struct dentry *dentry,
+					      const char *source)
+{
+	struct tyr_who who;
+	__u32 on_task = 0;
+	int verdict;
+	struct tyr_scratch *s = tyr_governed_op_begin(&who, op, false, &on_task, &verdict);
+	if (!s)
+		return verdict;
+	if (how & TYR_DECIDE_SUBTREE)
+		((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
+	tyr_name_add(s, TYR_NAME_PATH, mnt, dentry, NULL);
+	tyr_name_add(s, TYR_NAME_STRING, NULL, source, NULL);
+	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
+	struct tyr_op_names n;
+	tyr_governed_op_names(s, on_task, &n);
+
+	__u32 base = sizeof(struct tyr_file_fixed);
+	struct tyr_checks *c = &s->checks;
+	tyr_checks_init(c, &who, on_task);
+	tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_WRITE, how, TYR_DECIDED_ON_PATH);
+	if (n.identity_len)
+		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE, how,
+			      TYR_DECIDED_ON_IDENTITY);
+	tyr_checks_run(s);
+	return tyr_emit_governed_op(s, on_task, c, op, &n);
 }
 
 /* mount(2) flags (include/uapi/linux/mount.h). */
@@ -565,30 +501,8 @@ static __always_inline int tyr_mount_decide(const struct path *target, const cha
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	if (BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum) != cfg->init_mnt_ns)
 		return 0;
-	struct tyr_who who;
-	__u32 on_task = 0;
-	int verdict;
-	struct tyr_scratch *s = tyr_governed_op_begin(&who, TYR_FILE_OP_MOUNT, false, &on_task, &verdict);
-	if (!s)
-		return verdict;
-	((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
-	struct vfsmount *mnt = BPF_CORE_READ(target, mnt);
-	struct dentry *dentry = BPF_CORE_READ(target, dentry);
-	tyr_name_add(s, TYR_NAME_PATH, mnt, dentry, NULL);
-	tyr_name_add(s, TYR_NAME_STRING, NULL, source, NULL);
-	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
-	struct tyr_op_names n;
-	tyr_governed_op_names(s, on_task, &n);
-
-	__u32 base = sizeof(struct tyr_file_fixed);
-	struct tyr_checks *c = &s->checks;
-	tyr_checks_init(c, &who, on_task);
-	tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_WRITE, TYR_DECIDE_SUBTREE, TYR_DECIDED_ON_PATH);
-	if (n.identity_len)
-		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE,
-			      TYR_DECIDE_SUBTREE, TYR_DECIDED_ON_IDENTITY);
-	tyr_checks_run(s);
-	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_MOUNT, &n);
+	return tyr_governed_write(TYR_FILE_OP_MOUNT, TYR_DECIDE_SUBTREE, BPF_CORE_READ(target, mnt),
+				  BPF_CORE_READ(target, dentry), source);
 }
 
 SEC("lsm/sb_mount")
@@ -629,28 +543,7 @@ static __always_inline int tyr_unix_decide(struct sock *peer)
 	struct dentry *dentry = BPF_CORE_READ(u, path.dentry);
 	if (!dentry)
 		return 0;
-	struct tyr_who who;
-	__u32 on_task = 0;
-	int verdict;
-	struct tyr_scratch *s = tyr_governed_op_begin(&who, TYR_FILE_OP_CONNECT, false, &on_task, &verdict);
-	if (!s)
-		return verdict;
-	struct vfsmount *mnt = BPF_CORE_READ(u, path.mnt);
-	tyr_name_add(s, TYR_NAME_PATH, mnt, dentry, NULL);
-	tyr_name_add(s, TYR_NAME_STRING, NULL, NULL, NULL); /* no other name */
-	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
-	struct tyr_op_names n;
-	tyr_governed_op_names(s, on_task, &n);
-
-	__u32 base = sizeof(struct tyr_file_fixed);
-	struct tyr_checks *c = &s->checks;
-	tyr_checks_init(c, &who, on_task);
-	tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_WRITE, 0, TYR_DECIDED_ON_PATH);
-	if (n.identity_len)
-		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE, 0,
-			      TYR_DECIDED_ON_IDENTITY);
-	tyr_checks_run(s);
-	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_CONNECT, &n);
+	return tyr_governed_write(TYR_FILE_OP_CONNECT, 0, BPF_CORE_READ(u, path.mnt), dentry, NULL);
 }
 
 SEC("lsm/unix_stream_connect")

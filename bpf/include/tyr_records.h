@@ -94,8 +94,6 @@ enum tyr_fault {
 #define TYR_PATH_MAX 4096
 #define TYR_ARGV_MAX 1024
 #define TYR_HELLO_MAX 2048
-/* Size of the data area records are built in (covers every bound above). */
-#define TYR_DATA_SIZE 16384
 
 struct tyr_record_header {
 	__u16 type;      /* enum tyr_record_type */

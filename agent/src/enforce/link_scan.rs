@@ -1,6 +1,6 @@
 //! Hard links that existed before the policy: the kernel keeps a protected
 //! file's name on its inode when a link to it is made or it is moved while
-//! a policy is in force (`tyr_inode_ids`, bpf/file_lsm.bpf.c), but a link
+//! a policy is in force (`tyr_inode_ids`, bpf/lib/kept_names.h), but a link
 //! made earlier is just another name. After each install, a background
 //! thread walks the directories the policy's file rules name, finds files
 //! those rules cover (for any agent class) that have more than one link,
