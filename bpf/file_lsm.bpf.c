@@ -59,6 +59,7 @@ static __always_inline void tyr_checks_init(struct tyr_checks *c, const struct t
 	c->on_task = on_task;
 	c->count = 0;
 	c->governed = who->governed;
+	c->unnamed = 0;
 }
 
 /* Writes the identity of the file at (mnt, dentry) at s->rec + at when it
@@ -113,6 +114,7 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 	/* Read and write intent are checked separately; the stricter wins. */
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
+	c->unnamed = n <= 0;
 	if (who.meta) {
 		identity_len = tyr_identity_at(cfg, s, on_task, file->f_path.mnt, file->f_path.dentry, base + path_len);
 		/* A hard link's or a moved file's protected name decides too. */
@@ -221,6 +223,7 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
+	c->unnamed = n <= 0;
 	tyr_check_add(c, base, path_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_PATH);
 	if (identity_len)
 		tyr_check_add(c, base + path_len, identity_len, TYR_ACTION_EXEC, 0, TYR_DECIDED_ON_IDENTITY);

@@ -67,7 +67,8 @@ const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     rename:/srv/app:/work/appdir \
     uconnect:/run/user/1000/bus \
     usend:/run/user/1000/dgram \
-    ptrace:/run/serve.pid";
+    ptrace:/run/serve.pid \
+    deep:/work";
 
 fn init_script() -> String {
     format!(
@@ -212,6 +213,10 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
         assert_eq!(find_line(&lines, &format!("plain-{test}"), path).num("errno"), Some(0), "{test}");
         assert_eq!(find_line(&lines, &format!("agent-{test}"), path).num("errno"), Some(EPERM), "{test}");
     }
+    // A file whose path is longer than the kernel resolves: no name to
+    // decide on, so the governed agent is refused it.
+    assert_eq!(find_line(&lines, "plain-deep", "/work").num("errno"), Some(0));
+    assert_eq!(find_line(&lines, "agent-deep", "/work").num("errno"), Some(EPERM));
     // Through a second mount of the root filesystem.
     assert_eq!(find_line(&lines, "agent-open", "/mnt/again/home/u/.ssh/second").num("errno"), Some(EPERM));
     // A hard link made before the policy was loaded: found by tyrd's scan.
@@ -259,6 +264,10 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
             e["metadata"]["rule"] == "agent-ptrace" && e["resource"].as_str().is_some_and(|r| r.starts_with("/proc/"))
         })
         .unwrap_or_else(|| panic!("no DENY for the ptrace attach: {events:#?}"));
+    events
+        .iter()
+        .find(|e| e["metadata"]["failsafe"] == "incomplete" && e["agent_type"] == "claude-code")
+        .unwrap_or_else(|| panic!("no DENY for the unnamed open: {events:#?}"));
     let link = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "link");
     assert_eq!(meta(&link, "link_name"), "/work/newlink", "{link}");
     let rename = deny("/home/u/.ssh/id_test", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");

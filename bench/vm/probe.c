@@ -37,6 +37,10 @@
  *                                 usend:PATH (send a unix datagram)
  *                                 ptrace:PIDFILE (attach to the process whose
  *                                   pid PIDFILE holds, then detach)
+ *                                 deep:DIR (below DIR, 20 directories of 250
+ *                                   bytes each, made when missing; open DIR/
+ *                                   ../f, created when missing, by a path
+ *                                   longer than the kernel's PATH_MAX)
  *   probe serve STREAM DGRAM PIDFILE
  *                               listen on unix stream socket STREAM, bind
  *                               datagram socket DGRAM, write the pid to
@@ -193,6 +197,33 @@ static int try_ptrace(const char *pidfile)
 	return 0;
 }
 
+/* Opens (creating it when missing) a file whose path is longer than
+ * PATH_MAX, reached one directory at a time below DIR: the errno. */
+static int try_deep(const char *dir)
+{
+	char name[251];
+	memset(name, 'd', sizeof(name) - 1);
+	name[sizeof(name) - 1] = 0;
+	int cwd = open(".", O_RDONLY | O_DIRECTORY);
+	int err = chdir(dir) ? errno : 0;
+	for (int i = 0; i < 20 && !err; i++) {
+		if (mkdir(name, 0755) && errno != EEXIST)
+			err = errno;
+		else if (chdir(name))
+			err = errno;
+	}
+	if (!err && access("f", F_OK))
+		err = try_open("f", O_WRONLY | O_CREAT);
+	if (!err)
+		err = try_open("f", O_RDONLY);
+	if (cwd >= 0) {
+		if (fchdir(cwd))
+			err = err ? err : errno;
+		close(cwd);
+	}
+	return err;
+}
+
 /* One OP of `probe agent`, in a child for the namespace ones; prints its line. */
 static void agent_op(const char *who, char *op)
 {
@@ -212,6 +243,8 @@ static void agent_op(const char *who, char *op)
 		err = try_unix(path, SOCK_STREAM);
 	} else if (!strcmp(fields[0], "usend") && n == 2) {
 		err = try_unix(path, SOCK_DGRAM);
+	} else if (!strcmp(fields[0], "deep") && n == 2) {
+		err = try_deep(path);
 	} else if (!strcmp(fields[0], "ptrace") && n == 2) {
 		err = try_ptrace(path);
 	} else if (!strcmp(fields[0], "mount") && n == 2) {

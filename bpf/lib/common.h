@@ -182,7 +182,7 @@ struct tyr_checks {
 	__u32 best_action; /* the action of the best decision */
 	__u32 best_name;   /* enum tyr_decided_on */
 	__u32 failsafe;    /* enum tyr_failsafe_reason of the decision */
-	__u32 reserved;
+	__u32 unnamed;     /* the path asked for could not be resolved (too long) */
 };
 
 /* A path walk in progress (lib/path.h). */

@@ -65,8 +65,9 @@ static long tyr_check_step(__u64 index, void *ctx)
 
 /* Runs the checks of s->checks, whose names s->names resolved; the
  * strictest decision is in c->best. When a name or a check could not be
- * resolved (its loop lost the scratch), a governed process is refused:
- * what was decided may not be the strictest. */
+ * resolved (its loop lost the scratch, or the path is longer than the
+ * kernel resolves), a governed process is refused: what was decided may
+ * not be the strictest. */
 static __always_inline void tyr_checks_run(struct tyr_scratch *s)
 {
 	struct tyr_checks *c = &s->checks;
@@ -79,7 +80,7 @@ static __always_inline void tyr_checks_run(struct tyr_scratch *s)
 	c->done = 0;
 	__u32 on_task = c->on_task;
 	bpf_loop(TYR_CHECKS, tyr_check_step, &on_task, 0);
-	if (!c->governed || (c->done >= c->count && s->names.done >= s->names.count))
+	if (!c->governed || (c->done >= c->count && s->names.done >= s->names.count && !c->unnamed))
 		return;
 	tyr_count_health(TYR_HEALTH_INCOMPLETE);
 	__u32 slot = c->slot;
