@@ -23,6 +23,7 @@
 #include "lib/common.h"
 #include "lib/file_decide.h"
 #include "lib/kept_names.h"
+#include "lib/governed_ops.h"
 
 /* f_mode bits (include/linux/fs.h). */
 #define TYR_FMODE_READ 0x1
@@ -31,47 +32,7 @@
 /* File types (include/uapi/linux/stat.h). */
 #define TYR_S_IFMT 0170000
 #define TYR_S_IFDIR 0040000
-/* renameat2 flags (include/uapi/linux/fs.h). */
-#define TYR_RENAME_EXCHANGE 2
-
-/* The policy in force for a hook, and who is asking. */
-struct tyr_who {
-	struct tyr_policy_slot *meta; /* NULL: no policy */
-	__u32 slot;
-	__u32 tgid;
-	struct tyr_agent_class *agent;
-	bool governed;
-};
-
-static __always_inline void tyr_who(struct tyr_who *who)
-{
-	who->slot = 0;
-	who->meta = tyr_policy_in_force(&who->slot);
-	who->tgid = bpf_get_current_pid_tgid() >> 32;
-	who->agent = tyr_agent_of(who->tgid);
-	who->governed = tyr_governed(who->agent, who->meta);
-}
-
-static __always_inline void tyr_checks_init(struct tyr_checks *c, const struct tyr_who *who, __u32 on_task)
-{
-	c->slot = who->slot;
-	c->class = tyr_class_of(who->agent);
-	c->on_task = on_task;
-	c->count = 0;
-	c->governed = who->governed;
-	c->unnamed = 0;
-}
-
-/* Writes the identity of the file at (mnt, dentry) at s->rec + at when it
- * may differ from the name asked for; returns its length (0: none). */
-static __always_inline __u32 tyr_identity_at(const struct tyr_config *cfg, struct tyr_scratch *s, __u32 on_task,
-					     struct vfsmount *mnt, struct dentry *dentry, __u32 at)
-{
-	tyr_names_init(s, cfg->init_mnt_ns);
-	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
-	tyr_names_run(s, on_task, at);
-	return tyr_name_len(s, 0);
-}
+#define TYR_S_IFREG 0100000
 
 SEC("lsm/file_open")
 int BPF_PROG(tyr_file_open, struct file *file, int ret)
@@ -139,7 +100,7 @@ int BPF_PROG(tyr_file_open, struct file *file, int ret)
 				      TYR_CHECK_ON_KEPT);
 	}
 	tyr_checks_run(s);
-	identity_len = tyr_report_kept(s, c, base + path_len, identity_len, kept);
+	identity_len = tyr_report_as_identity(s, c, TYR_CHECK_ON_KEPT, base + path_len, identity_len, kept);
 	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 
 	/* Decisions other than plain allow are always reported. */
@@ -230,7 +191,7 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 	if (kept)
 		tyr_check_add(c, base + path_len + identity_len, kept, TYR_ACTION_EXEC, 0, TYR_CHECK_ON_KEPT);
 	tyr_checks_run(s);
-	identity_len = tyr_report_kept(s, c, base + path_len, identity_len, kept);
+	identity_len = tyr_report_as_identity(s, c, TYR_CHECK_ON_KEPT, base + path_len, identity_len, kept);
 	bool deny = c->best.verdict == TYR_VERDICT_DENY;
 	struct tyr_policy_decision stored = c->best;
 	if (deny) {
@@ -258,81 +219,8 @@ int BPF_PROG(tyr_exec_check, struct linux_binprm *bprm, int ret)
 	return deny ? -TYR_EPERM : 0;
 }
 
-/* The start of a link, rename or mount, which only governed processes
- * are held to: the scratch with its record's header filled and no names
- * added yet, or NULL with *verdict the hook's answer. */
-static __always_inline struct tyr_scratch *tyr_governed_op_begin(struct tyr_who *who, __u32 op, bool anyone,
-								  __u32 *on_task, int *verdict)
-{
-	*verdict = 0;
-	struct tyr_config *cfg = tyr_config();
-	if (!cfg)
-		return NULL;
-	tyr_who(who);
-	if (!who->governed && !(anyone && who->meta))
-		return NULL;
-	struct tyr_scratch *s = tyr_scratch_claim(cfg, on_task);
-	if (!s) {
-		*verdict = tyr_undecided_file(who->meta, who->governed, TYR_KIND_FILE_WRITE, op, NULL);
-		return NULL;
-	}
-	struct tyr_file_fixed *rec = (struct tyr_file_fixed *)s->rec;
-	tyr_fill_header(&rec->hdr, TYR_REC_FILE, TYR_KIND_FILE_WRITE);
-	tyr_names_init(s, cfg->init_mnt_ns);
-	return s;
-}
-
-/* The names of a governed operation (its path, the other name, the file's
- * identity), resolved after the record's fixed part. */
-struct tyr_op_names {
-	__u32 path_len;
-	__u32 name_len;
-	__u32 identity_len;
-};
-
-static __always_inline void tyr_governed_op_names(struct tyr_scratch *s, __u32 on_task, struct tyr_op_names *out)
-{
-	tyr_names_run(s, on_task, sizeof(struct tyr_file_fixed));
-	out->path_len = tyr_name_len(s, 0);
-	out->name_len = tyr_name_len(s, 1);
-	out->identity_len = tyr_name_len(s, 2);
-	((struct tyr_file_fixed *)s->rec)->hdr.flags |= s->names.flags;
-}
-
-/* Emits a link, rename or mount record decided by `c` and returns the
- * hook's verdict. Only decisions other than plain allow are recorded:
- * these operations are governed, not audited. */
-static __always_inline int tyr_emit_governed_op(struct tyr_scratch *s, __u32 on_task, const struct tyr_checks *c,
-						__u32 op, const struct tyr_op_names *n)
-{
-	bool deny = c->best.verdict == TYR_VERDICT_DENY;
-	if (tyr_reportable(&c->best)) {
-		struct tyr_file_fixed *rec = (struct tyr_file_fixed *)s->rec;
-		__u32 kind = c->best_action == TYR_ACTION_FILE_READ ? TYR_KIND_FILE_READ : TYR_KIND_FILE_WRITE;
-		rec->hdr.kind = kind;
-		tyr_file_record(rec, deny ? -TYR_EPERM : 0, 0, op, n->path_len, n->name_len, n->identity_len, c);
-		tyr_emit(s, sizeof(*rec), n->path_len + n->name_len + n->identity_len, kind);
-	}
-	tyr_scratch_release(s, on_task);
-	return deny ? -TYR_EPERM : 0;
-}
-
-/* Keeps the existing file's protected name (its identity, else its path:
- * the operation's first names) on its inode, when a rule covers it. */
-static __always_inline void tyr_keep_name_of(struct tyr_scratch *s, __u32 on_task, const struct tyr_who *who,
-					     struct inode *inode, const struct tyr_op_names *n)
-{
-	struct tyr_config *cfg = tyr_config();
-	if (!cfg)
-		return;
-	__u32 base = sizeof(struct tyr_file_fixed);
-	__u32 at = n->identity_len ? base + n->path_len + n->name_len : base;
-	tyr_keep_identity(cfg, s, on_task, who->slot, inode, at, n->identity_len ? n->identity_len : n->path_len);
-}
-
 /* A new name for an existing file: the governed may not link a file they
- * may not read or write (the link would be a way around the rule), nor
- * create a name where they may not write. */
+ * may not read or write, nor make a name they may not read or write. */
 SEC("lsm/path_link")
 int BPF_PROG(tyr_path_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry, int ret)
 {
@@ -347,31 +235,29 @@ int BPF_PROG(tyr_path_link, struct dentry *old_dentry, const struct path *new_di
 	/* A link is made within one mount: the old file's is new_dir's. */
 	struct vfsmount *mnt = BPF_CORE_READ(new_dir, mnt);
 	tyr_name_add(s, TYR_NAME_PATH, mnt, old_dentry, NULL);
-	tyr_name_add(s, TYR_NAME_CHILD, mnt, BPF_CORE_READ(new_dir, dentry), new_dentry);
+	struct dentry *new_parent = BPF_CORE_READ(new_dir, dentry);
+	tyr_name_add(s, TYR_NAME_CHILD, mnt, new_parent, new_dentry);
 	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, old_dentry, NULL);
+	tyr_name_add(s, TYR_NAME_CHILD_IDENTITY, mnt, new_parent, new_dentry);
 	struct tyr_op_names n;
 	tyr_governed_op_names(s, on_task, &n);
 
-	__u32 base = sizeof(struct tyr_file_fixed);
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
-	if (who.governed) {
-		tyr_check_rw(c, base, n.path_len, 0, TYR_DECIDED_ON_PATH);
-		if (n.identity_len)
-			tyr_check_rw(c, base + n.path_len + n.name_len, n.identity_len, 0, TYR_DECIDED_ON_IDENTITY);
-		tyr_check_add(c, base + n.path_len, n.name_len, TYR_ACTION_FILE_WRITE, 0, TYR_DECIDED_ON_PATH);
-	}
+	if (who.governed)
+		tyr_check_both_names(c, &n, 0);
 	tyr_checks_run(s);
-	/* Whoever makes it, a new name for a protected file carries the
-	 * protected one with it. */
+	tyr_report_new_identity(s, &n);
+	/* Whoever makes it, a new name for a protected file, or a file at a
+	 * protected name, carries the protected name with it. */
 	if (c->best.verdict != TYR_VERDICT_DENY)
-		tyr_keep_name_of(s, on_task, &who, old_dentry->d_inode, &n);
+		tyr_keep_names_of(s, on_task, &who, old_dentry->d_inode, &n);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_LINK, &n);
 }
 
 /* A file or directory moved: the governed may not move what they may not
  * read or write (out of the rule's reach), a directory holding such files
- * included, nor move anything to where they may not write. */
+ * included, nor move anything to a name they may not read or write. */
 SEC("lsm/path_rename")
 int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
 	     struct dentry *new_dentry, unsigned int flags, int ret)
@@ -385,9 +271,12 @@ int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_den
 	if (!s)
 		return verdict;
 	struct vfsmount *old_mnt = BPF_CORE_READ(old_dir, mnt);
+	struct vfsmount *new_mnt = BPF_CORE_READ(new_dir, mnt);
+	struct dentry *new_parent = BPF_CORE_READ(new_dir, dentry);
 	tyr_name_add(s, TYR_NAME_CHILD, old_mnt, BPF_CORE_READ(old_dir, dentry), old_dentry);
-	tyr_name_add(s, TYR_NAME_CHILD, BPF_CORE_READ(new_dir, mnt), BPF_CORE_READ(new_dir, dentry), new_dentry);
+	tyr_name_add(s, TYR_NAME_CHILD, new_mnt, new_parent, new_dentry);
 	tyr_name_add(s, TYR_NAME_IDENTITY, old_mnt, old_dentry, NULL);
+	tyr_name_add(s, TYR_NAME_CHILD_IDENTITY, new_mnt, new_parent, new_dentry);
 	struct tyr_op_names n;
 	tyr_governed_op_names(s, on_task, &n);
 
@@ -398,56 +287,62 @@ int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_den
 		how = TYR_DECIDE_SUBTREE;
 		((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
 	}
-	__u32 base = sizeof(struct tyr_file_fixed);
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
-	if (who.governed) {
-		tyr_check_rw(c, base, n.path_len, how, TYR_DECIDED_ON_PATH);
-		if (n.identity_len)
-			tyr_check_rw(c, base + n.path_len + n.name_len, n.identity_len, how, TYR_DECIDED_ON_IDENTITY);
-		if (flags & TYR_RENAME_EXCHANGE)
-			tyr_check_rw(c, base + n.path_len, n.name_len, how, TYR_DECIDED_ON_PATH);
-		else
-			tyr_check_add(c, base + n.path_len, n.name_len, TYR_ACTION_FILE_WRITE, how, TYR_DECIDED_ON_PATH);
-	}
+	if (who.governed)
+		tyr_check_both_names(c, &n, how);
 	tyr_checks_run(s);
-	/* Whoever moves it, a protected file keeps its protected name. */
+	tyr_report_new_identity(s, &n);
+	/* Whoever moves it, a protected file keeps its protected name, and a
+	 * file moved to a protected name takes it. */
 	if (c->best.verdict != TYR_VERDICT_DENY && !how)
-		tyr_keep_name_of(s, on_task, &who, old_dentry->d_inode, &n);
+		tyr_keep_names_of(s, on_task, &who, old_dentry->d_inode, &n);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_RENAME, &n);
 }
 
-/* A governed process's operation that writes at (mnt, dentry) — a mount
- * over it (`how` TYR_DECIDE_SUBTREE: a directory, decided as everything
- * below it), a connect to the socket there — decided on its path and
- * identity; `source` is the other name the record carries (NULL: none).
- * Returns the hook's verdict. */
-static __always_inline int tyr_governed_write(__u32 op, __u32 how, struct vfsmount *mnt, struct dentry *dentry,
-					      const char *source)
+/* A name made that a later write would go through — a symlink, a FIFO or
+ * socket node at a protected name would pass what is written there to the
+ * agent — or a name removed, or a file cut short by path: decided on that
+ * name for governed processes. */
+SEC("lsm/path_symlink")
+int BPF_PROG(tyr_path_symlink, const struct path *dir, struct dentry *dentry, const char *old_name, int ret)
 {
-	struct tyr_who who;
-	__u32 on_task = 0;
-	int verdict;
-	struct tyr_scratch *s = tyr_governed_op_begin(&who, op, false, &on_task, &verdict);
-	if (!s)
-		return verdict;
-	if (how & TYR_DECIDE_SUBTREE)
-		((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
-	tyr_name_add(s, TYR_NAME_PATH, mnt, dentry, NULL);
-	tyr_name_add(s, TYR_NAME_STRING, NULL, source, NULL);
-	tyr_name_add(s, TYR_NAME_IDENTITY, mnt, dentry, NULL);
-	struct tyr_op_names n;
-	tyr_governed_op_names(s, on_task, &n);
+	if (ret)
+		return ret;
+	return tyr_governed_name(TYR_FILE_OP_SYMLINK, 0, true, BPF_CORE_READ(dir, mnt), BPF_CORE_READ(dir, dentry),
+				 dentry, old_name, 0);
+}
 
-	__u32 base = sizeof(struct tyr_file_fixed);
-	struct tyr_checks *c = &s->checks;
-	tyr_checks_init(c, &who, on_task);
-	tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_WRITE, how, TYR_DECIDED_ON_PATH);
-	if (n.identity_len)
-		tyr_check_add(c, base + n.path_len + n.name_len, n.identity_len, TYR_ACTION_FILE_WRITE, how,
-			      TYR_DECIDED_ON_IDENTITY);
-	tyr_checks_run(s);
-	return tyr_emit_governed_op(s, on_task, c, op, &n);
+SEC("lsm/path_mknod")
+int BPF_PROG(tyr_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev, int ret)
+{
+	if (ret)
+		return ret;
+	/* Regular files (every open that creates one comes here too) are
+	 * decided at their open. */
+	__u32 type = mode & TYR_S_IFMT;
+	if (type == 0 || type == TYR_S_IFREG)
+		return 0;
+	return tyr_governed_name(TYR_FILE_OP_MKNOD, 0, true, BPF_CORE_READ(dir, mnt), BPF_CORE_READ(dir, dentry),
+				 dentry, NULL, 0);
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(tyr_path_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return tyr_governed_name(TYR_FILE_OP_UNLINK, 0, false, BPF_CORE_READ(dir, mnt), BPF_CORE_READ(dir, dentry),
+				 dentry, NULL, 0);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(tyr_path_truncate, const struct path *path, int ret)
+{
+	if (ret)
+		return ret;
+	return tyr_governed_name(TYR_FILE_OP_TRUNCATE, 0, false, BPF_CORE_READ(path, mnt), BPF_CORE_READ(path, dentry),
+				 NULL, NULL, 0);
 }
 
 /* mount(2) flags (include/uapi/linux/mount.h). */
@@ -504,8 +399,8 @@ static __always_inline int tyr_mount_decide(const struct path *target, const cha
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	if (BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum) != cfg->init_mnt_ns)
 		return 0;
-	return tyr_governed_write(TYR_FILE_OP_MOUNT, TYR_DECIDE_SUBTREE, BPF_CORE_READ(target, mnt),
-				  BPF_CORE_READ(target, dentry), source);
+	return tyr_governed_name(TYR_FILE_OP_MOUNT, TYR_DECIDE_SUBTREE, false, BPF_CORE_READ(target, mnt),
+				 BPF_CORE_READ(target, dentry), NULL, source, 0);
 }
 
 SEC("lsm/sb_mount")
@@ -544,9 +439,19 @@ static __always_inline int tyr_unix_decide(struct sock *peer)
 {
 	struct unix_sock *u = (struct unix_sock *)peer;
 	struct dentry *dentry = BPF_CORE_READ(u, path.dentry);
-	if (!dentry)
+	if (dentry)
+		return tyr_governed_name(TYR_FILE_OP_CONNECT, 0, false, BPF_CORE_READ(u, path.mnt), dentry, NULL, NULL,
+					 0);
+	/* An abstract name ("\0/tmp/.X11-unix/X0"): decided as its text after
+	 * the NUL, which a rule on the path it mirrors matches. */
+	struct unix_address *addr = BPF_CORE_READ(u, addr);
+	if (!addr)
+		return 0; /* not bound: nothing names it */
+	int len = BPF_CORE_READ(addr, len) - (int)sizeof(__u16) - 1;
+	if (len <= 0)
 		return 0;
-	return tyr_governed_write(TYR_FILE_OP_CONNECT, 0, BPF_CORE_READ(u, path.mnt), dentry, NULL);
+	const char *name = (const char *)addr->name[0].sun_path + 1;
+	return tyr_governed_name(TYR_FILE_OP_CONNECT, 0, false, NULL, NULL, NULL, name, len);
 }
 
 SEC("lsm/unix_stream_connect")

@@ -37,7 +37,7 @@ overlays:
       verdict: deny
     - name: claude-no-session-bus
       action: file_write
-      paths: ["/run/user/*/bus", "/run/user/*/dgram"]
+      paths: ["/run/user/*/bus", "/run/user/*/dgram", "/tmp/.X11-unix/*"]
       verdict: deny
     - name: claude-notes-watched
       action: file_read
@@ -58,6 +58,12 @@ const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     bind:1000:/home/u/.ssh:/tmp/x:id_test \
     chroot:1000:/home/u:.ssh/id_test \
     overlay:1000:/home/u/.ssh:/tmp/o:id_test \
+    bindmv:1000:/home/u:/tmp/h:evil:.ssh/authorized_keys \
+    link:/work/decoy:/home/u/.ssh/id_new \
+    symlink:/work/decoy:/home/u/.ssh/id_sym \
+    fifo:/home/u/.ssh/id_fifo \
+    unlink:/home/u/.ssh/spare \
+    truncate:/home/u/.ssh/spare2 \
     link:/home/u/.ssh/id_test:/work/newlink \
     rename:/home/u/.ssh/id_test:/work/moved \
     rename:/home/u/.ssh:/work/sshdir \
@@ -68,6 +74,7 @@ const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     uconnect:/run/user/1000/bus \
     usend:/run/user/1000/dgram \
     ptrace:/run/serve.pid \
+    uconnect:@/tmp/.X11-unix/X0 \
     deep:/work";
 
 fn init_script() -> String {
@@ -75,9 +82,10 @@ fn init_script() -> String {
         r#"W=/work
 setup_home() {{
   umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout /work/awsdir /work/appdir /srv/app
-  mkdir -p /home/u/.ssh /srv/app/.config/aws /srv/app/notes /tmp/x /tmp/x2 /tmp/o $W/bin $W/open /var/lib/tyr; chmod 1777 /tmp
+  mkdir -p /home/u/.ssh /srv/app/.config/aws /srv/app/notes /tmp/x /tmp/x2 /tmp/h /tmp/o $W/bin $W/open /var/lib/tyr; chmod 1777 /tmp
+  echo e > /home/u/evil; echo s > /home/u/.ssh/spare; echo s > /home/u/.ssh/spare2; echo d > /work/decoy
   echo k > /home/u/.ssh/id_test; echo a > /srv/app/.config/aws/credentials; echo m > /home/u/.ssh/marker; echo o > $W/open/file
-  chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/x2 /tmp/o $W
+  chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/x2 /tmp/h /tmp/o $W
 }}
 {TYRD_SHELL}
 events() {{ grep '"verdict":"DENY"' $1 | sed 's/^/TYR-VM-EVENT /'; }}
@@ -93,7 +101,7 @@ setup_home
 mkdir -p /home/v/.ssh; echo p > /home/v/.ssh/pre; ln /home/v/.ssh/pre $W/prelink
 cp /bin/probe $W/bin/claude
 # A service outside any agent's lineage (a session bus, say), reached by its sockets.
-mkdir -p /run/user/1000; probe serve /run/user/1000/bus /run/user/1000/dgram /run/serve.pid &
+mkdir -p /run/user/1000; probe serve /run/user/1000/bus /run/user/1000/dgram /run/serve.pid @/tmp/.X11-unix/X0 &
 start_tyrd /ev1.json /log1.txt
 probe agent - {OPERATIONS}
 setup_home
@@ -213,6 +221,24 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
         assert_eq!(find_line(&lines, &format!("plain-{test}"), path).num("errno"), Some(0), "{test}");
         assert_eq!(find_line(&lines, &format!("agent-{test}"), path).num("errno"), Some(EPERM), "{test}");
     }
+    // The abstract socket is decided on the path its name mirrors.
+    assert_eq!(find_line(&lines, "plain-uconnect", "@/tmp/.X11-unix/X0").num("errno"), Some(0));
+    assert_eq!(find_line(&lines, "agent-uconnect", "@/tmp/.X11-unix/X0").num("errno"), Some(EPERM));
+    // Names made at, removed from or cut short at a protected path; a move
+    // to one through a bind mount in the agent's own namespace (decided on
+    // where it really lands).
+    for (test, path) in [
+        ("bindmv", "/tmp/h/.ssh/authorized_keys"),
+        ("link", "/work/decoy"),
+        ("symlink", "/home/u/.ssh/id_sym"),
+        ("fifo", "/home/u/.ssh/id_fifo"),
+        ("unlink", "/home/u/.ssh/spare"),
+        ("truncate", "/home/u/.ssh/spare2"),
+    ] {
+        let plain = find_line(&lines, &format!("plain-{test}"), path);
+        assert_eq!((plain.num("errno"), plain.num("setup_errno").unwrap_or(0)), (Some(0), 0), "{plain:?}");
+        assert_eq!(find_line(&lines, &format!("agent-{test}"), path).num("errno"), Some(EPERM), "{test}");
+    }
     // A file whose path is longer than the kernel resolves: no name to
     // decide on, so the governed agent is refused it.
     assert_eq!(find_line(&lines, "plain-deep", "/work").num("errno"), Some(0));
@@ -254,7 +280,9 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
     deny("/srv/app/.config/aws/credentials", "claude-no-aws-credentials", &|e| {
         meta(e, "requested_path") == "/tmp/x2/credentials"
     });
-    for socket in ["/run/user/1000/bus", "/run/user/1000/dgram"] {
+    let moved = deny("/home/u/.ssh/authorized_keys", "claude-no-ssh-read", &|e| meta(e, "operation") == "rename");
+    assert_eq!(meta(&moved, "new_path"), "/tmp/h/.ssh/authorized_keys", "{moved}");
+    for socket in ["/run/user/1000/bus", "/run/user/1000/dgram", "/tmp/.X11-unix/X0"] {
         let e = deny(socket, "claude-no-session-bus", &|e| meta(e, "operation") == "connect");
         assert_eq!(e["kind"], "FILE_WRITE", "{e}");
     }

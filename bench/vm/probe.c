@@ -33,7 +33,13 @@
  *                                 overlay:UID:LOWER:MNT:FILE (as UID, in a new
  *                                   user and mount namespace, a read-only
  *                                   overlay of LOWER on MNT, open MNT/FILE)
- *                                 uconnect:PATH (connect a unix stream socket)
+ *                                 bindmv:UID:DIR:MNT:FROM:TO (as UID, in a new
+ *                                   user and mount namespace, bind DIR on MNT,
+ *                                   rename MNT/FROM to MNT/TO)
+ *                                 symlink:TARGET:LINK  fifo:PATH  unlink:PATH
+ *                                 truncate:PATH (to 0 bytes, by path)
+ *                                 uconnect:PATH (connect a unix stream socket;
+ *                                   "@name": the abstract name)
  *                                 usend:PATH (send a unix datagram)
  *                                 ptrace:PIDFILE (attach to the process whose
  *                                   pid PIDFILE holds, then detach)
@@ -41,10 +47,11 @@
  *                                   bytes each, made when missing; open DIR/
  *                                   ../f, created when missing, by a path
  *                                   longer than the kernel's PATH_MAX)
- *   probe serve STREAM DGRAM PIDFILE
- *                               listen on unix stream socket STREAM, bind
- *                               datagram socket DGRAM, write the pid to
- *                               PIDFILE, then wait forever
+ *   probe serve STREAM DGRAM PIDFILE [ABSTRACT]
+ *                               listen on unix stream socket STREAM (and on
+ *                               the abstract name ABSTRACT), bind datagram
+ *                               socket DGRAM, write the pid to PIDFILE,
+ *                               then wait forever
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -52,6 +59,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,26 +162,32 @@ static int unprivileged_namespace(int uid, int mounts)
 	return 0;
 }
 
-/* A unix socket address for PATH. */
-static struct sockaddr_un unix_address(const char *path)
+/* A unix socket address for PATH ("@name": the abstract name), and its length. */
+static struct sockaddr_un unix_address(const char *path, socklen_t *len)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	strncpy(addr.sun_path, path, sizeof(addr.sun_path) - 1);
+	*len = sizeof(addr);
+	if (path[0] == '@') {
+		addr.sun_path[0] = 0;
+		*len = offsetof(struct sockaddr_un, sun_path) + strlen(path);
+	}
 	return addr;
 }
 
 /* Connects (SOCK_STREAM) or sends a datagram (SOCK_DGRAM) to PATH: the errno. */
 static int try_unix(const char *path, int type)
 {
-	struct sockaddr_un addr = unix_address(path);
+	socklen_t len;
+	struct sockaddr_un addr = unix_address(path, &len);
 	int fd = socket(AF_UNIX, type, 0);
 	if (fd < 0)
 		return errno;
 	int err = 0;
 	if (type == SOCK_STREAM)
-		err = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) ? errno : 0;
+		err = connect(fd, (struct sockaddr *)&addr, len) ? errno : 0;
 	else
-		err = sendto(fd, "x", 1, 0, (struct sockaddr *)&addr, sizeof(addr)) < 0 ? errno : 0;
+		err = sendto(fd, "x", 1, 0, (struct sockaddr *)&addr, len) < 0 ? errno : 0;
 	close(fd);
 	return err;
 }
@@ -227,9 +241,9 @@ static int try_deep(const char *dir)
 /* One OP of `probe agent`, in a child for the namespace ones; prints its line. */
 static void agent_op(const char *who, char *op)
 {
-	char *fields[5] = { 0 };
+	char *fields[6] = { 0 };
 	int n = 0;
-	for (char *field = strtok(op, ":"); field && n < 5; field = strtok(NULL, ":"))
+	for (char *field = strtok(op, ":"); field && n < 6; field = strtok(NULL, ":"))
 		fields[n++] = field;
 	int err = EINVAL;
 	const char *path = n > 1 ? fields[1] : "";
@@ -243,6 +257,32 @@ static void agent_op(const char *who, char *op)
 		err = try_unix(path, SOCK_STREAM);
 	} else if (!strcmp(fields[0], "usend") && n == 2) {
 		err = try_unix(path, SOCK_DGRAM);
+	} else if (!strcmp(fields[0], "symlink") && n == 3) {
+		path = fields[2];
+		err = symlink(fields[1], fields[2]) ? errno : 0;
+	} else if (!strcmp(fields[0], "fifo") && n == 2) {
+		err = mkfifo(path, 0600) ? errno : 0;
+	} else if (!strcmp(fields[0], "unlink") && n == 2) {
+		err = unlink(path) ? errno : 0;
+	} else if (!strcmp(fields[0], "truncate") && n == 2) {
+		err = truncate(path, 0) ? errno : 0;
+	} else if (!strcmp(fields[0], "bindmv") && n == 6) {
+		fflush(stdout);
+		pid_t child = fork();
+		if (child == 0) {
+			int setup = unprivileged_namespace(atoi(fields[1]), 1);
+			if (!setup)
+				setup = mount(fields[2], fields[3], NULL, MS_BIND | MS_REC, NULL) ? errno : 0;
+			char from[4096], to[4096];
+			snprintf(from, sizeof(from), "%s/%s", fields[3], fields[4]);
+			snprintf(to, sizeof(to), "%s/%s", fields[3], fields[5]);
+			int moved = setup ? -1 : rename(from, to) ? errno : 0;
+			printf("TYR-VM %s-%s path=%s setup_errno=%d errno=%d\n", who, fields[0], to, setup, moved);
+			exit(0);
+		}
+		int status;
+		waitpid(child, &status, 0);
+		return;
 	} else if (!strcmp(fields[0], "deep") && n == 2) {
 		err = try_deep(path);
 	} else if (!strcmp(fields[0], "ptrace") && n == 2) {
@@ -330,12 +370,16 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(mode, "serve") && argc >= 5) {
-		struct sockaddr_un stream = unix_address(argv[2]), dgram = unix_address(argv[3]);
+		socklen_t stream_len, dgram_len, abstract_len;
+		struct sockaddr_un stream = unix_address(argv[2], &stream_len), dgram = unix_address(argv[3], &dgram_len);
+		struct sockaddr_un abstract = unix_address(argc > 5 ? argv[5] : "@", &abstract_len);
 		int s = socket(AF_UNIX, SOCK_STREAM, 0), d = socket(AF_UNIX, SOCK_DGRAM, 0);
+		int a = argc > 5 ? socket(AF_UNIX, SOCK_STREAM, 0) : -1;
 		unlink(argv[2]);
 		unlink(argv[3]);
-		if (s < 0 || d < 0 || bind(s, (struct sockaddr *)&stream, sizeof(stream)) || listen(s, 64) ||
-		    bind(d, (struct sockaddr *)&dgram, sizeof(dgram))) {
+		if (s < 0 || d < 0 || bind(s, (struct sockaddr *)&stream, stream_len) || listen(s, 64) ||
+		    bind(d, (struct sockaddr *)&dgram, dgram_len) ||
+		    (a >= 0 && (bind(a, (struct sockaddr *)&abstract, abstract_len) || listen(a, 64)))) {
 			printf("TYR-VM serve errno=%d\n", errno);
 			return 1;
 		}

@@ -45,6 +45,10 @@ enum tyr_file_op {
 	TYR_FILE_OP_USERNS = 4, /* a user namespace created; no path */
 	TYR_FILE_OP_PTRACE = 5, /* another process reached into (ptrace, pidfd_getfd, ...); path: /proc/PID */
 	TYR_FILE_OP_CONNECT = 6, /* a unix socket connected or sent to: a write of the socket file; path: it */
+	TYR_FILE_OP_SYMLINK = 7, /* path: the symlink made; name: what it points to */
+	TYR_FILE_OP_MKNOD = 8,   /* a FIFO, socket or device node made; path: it */
+	TYR_FILE_OP_UNLINK = 9,  /* path: the name removed */
+	TYR_FILE_OP_TRUNCATE = 10, /* truncate(2) by path; path: the file */
 };
 
 /* Which name of a file its verdict was decided on. */

@@ -156,6 +156,15 @@ struct {
  * NAME_MAX-sized read that may overrun it. */
 #define TYR_BASE_LIMIT 16384
 #define TYR_BASE_MASK (TYR_BASE_LIMIT - 1)
+/* `x` masked below TYR_BASE_LIMIT where the verifier sees it: the barrier
+ * keeps the compiler from dropping a mask it can prove redundant (the
+ * verifier may have lost that bound on a spill). */
+#define TYR_AT(x)                                  \
+	({                                         \
+		__u32 __tyr_at = (x);              \
+		barrier_var(__tyr_at);             \
+		__tyr_at & TYR_BASE_MASK;          \
+	})
 
 /* Most names x actions of one operation (see lib/file_decide.h). */
 #define TYR_CHECKS 8

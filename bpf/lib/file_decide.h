@@ -91,6 +91,27 @@ static __always_inline void tyr_checks_run(struct tyr_scratch *s)
 	c->failsafe = TYR_FAILSAFE_INCOMPLETE;
 }
 
+/* Checks on names a record reports as its identity when they decide (the
+ * record has room for three names): the name kept on a file's inode, and
+ * a link's or rename's new name's identity. */
+#define TYR_CHECK_ON_KEPT 2
+#define TYR_CHECK_ON_NEW_IDENTITY 3
+
+/* After the checks: when the name checked as `code` (other_len bytes right
+ * after the identity at s->rec + at) decided, it becomes the identity the
+ * record reports. Returns the identity's length. */
+static __always_inline __u32 tyr_report_as_identity(struct tyr_scratch *s, struct tyr_checks *c, __u32 code, __u32 at,
+						    __u32 identity_len, __u32 other_len)
+{
+	if (c->best_name != code)
+		return identity_len;
+	c->best_name = TYR_DECIDED_ON_IDENTITY;
+	if (identity_len)
+		bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], other_len & (TYR_PATH_MAX - 1),
+				      &s->rec[(at + identity_len) & TYR_BASE_MASK]);
+	return other_len;
+}
+
 static __always_inline bool tyr_reportable(const struct tyr_policy_decision *d)
 {
 	return d->verdict == TYR_VERDICT_DENY || d->verdict == TYR_VERDICT_ALERT;

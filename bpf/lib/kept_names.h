@@ -94,21 +94,3 @@ static __always_inline __u32 tyr_kept_identity(struct tyr_scratch *s, struct ino
 	bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], len, id->path);
 	return len;
 }
-
-/* A check on the name kept on a file's inode: reported as its identity. */
-#define TYR_CHECK_ON_KEPT 2
-
-/* After the checks: when the kept name (kept_len bytes right after the
- * identity at s->rec + at) decided, it becomes the identity the record
- * reports. Returns the identity's length. */
-static __always_inline __u32 tyr_report_kept(struct tyr_scratch *s, struct tyr_checks *c, __u32 at,
-					     __u32 identity_len, __u32 kept_len)
-{
-	if (c->best_name != TYR_CHECK_ON_KEPT)
-		return identity_len;
-	c->best_name = TYR_DECIDED_ON_IDENTITY;
-	if (identity_len)
-		bpf_probe_read_kernel(&s->rec[at & TYR_BASE_MASK], kept_len & (TYR_PATH_MAX - 1),
-				      &s->rec[(at + identity_len) & TYR_BASE_MASK]);
-	return kept_len;
-}

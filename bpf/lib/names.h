@@ -10,7 +10,10 @@
 #define TYR_NAME_PATH 1     /* the path of (mnt, dentry) */
 #define TYR_NAME_CHILD 2    /* the path of (mnt, dentry), then "/" and child's name */
 #define TYR_NAME_IDENTITY 3 /* the identity of (mnt, dentry), when it may differ; else nothing */
-#define TYR_NAME_STRING 4   /* a kernel string (dentry: its address) */
+#define TYR_NAME_STRING 4   /* a kernel string (dentry: its address; child: its
+			     * most bytes, 0 for TYR_NAME_MAX - 1) */
+#define TYR_NAME_CHILD_IDENTITY 5 /* the identity of (mnt, dentry), when it may
+				   * differ, then "/" and child's name; else nothing */
 
 static __always_inline void tyr_names_init(struct tyr_scratch *s, __u32 init_mnt_ns)
 {
@@ -69,11 +72,19 @@ static long tyr_name_step(__u64 index, void *ctx)
 		if (len == 1)
 			len = 0; /* the root: "/" + "/name" would double the slash */
 		len += tyr_append_name(s, base + len, (struct dentry *)job->child);
-	} else if (job->kind == TYR_NAME_IDENTITY) {
+	} else if (job->kind == TYR_NAME_IDENTITY || job->kind == TYR_NAME_CHILD_IDENTITY) {
+		/* One copy of the identity walk for both. */
 		if (tyr_identity_may_differ(s->names.init_mnt_ns, mnt))
 			len = tyr_resolve_identity(s, on_task, mnt, dentry, base);
+		if (len && job->kind == TYR_NAME_CHILD_IDENTITY) {
+			if (len == 1)
+				len = 0; /* the root: "/" + "/name" would double the slash */
+			len += tyr_append_name(s, base + len, (struct dentry *)job->child);
+		}
 	} else if (job->kind == TYR_NAME_STRING && job->dentry) {
-		long n = bpf_probe_read_kernel_str(&s->rec[base & TYR_BASE_MASK], TYR_NAME_MAX, (const void *)job->dentry);
+		__u32 most = job->child && job->child < TYR_NAME_MAX ? job->child + 1 : TYR_NAME_MAX;
+		long n = bpf_probe_read_kernel_str(&s->rec[TYR_AT(base)], most & (TYR_NAME_MAX * 2 - 1),
+						   (const void *)job->dentry);
 		len = n > 1 ? n - 1 : 0;
 	}
 	job->len = len & (TYR_PATH_MAX * 2 - 1);

@@ -133,7 +133,7 @@ static __always_inline __u32 tyr_resolve_mnt_dentry(struct tyr_scratch *s, __u32
 	if (truncated)
 		*flags |= TYR_F_TRUNCATED;
 	if (len == 0) {
-		s->rec[(base & TYR_BASE_MASK)] = '/';
+		s->rec[TYR_AT(base)] = '/';
 		len = 1;
 	}
 	return len;
@@ -184,7 +184,7 @@ static __always_inline __u32 tyr_resolve_identity(struct tyr_scratch *s, __u32 o
 	__u32 len = tyr_write_components(s, on_task, 0, base, 0, &truncated);
 	struct tyr_mount_key *key = &s->mount_key;
 	__u32 key_len = len < TYR_MOUNT_KEY ? len : TYR_MOUNT_KEY;
-	bpf_probe_read_kernel(key->root, sizeof(key->root), &s->rec[base & TYR_BASE_MASK]);
+	bpf_probe_read_kernel(key->root, sizeof(key->root), &s->rec[TYR_AT(base)]);
 	/* The lookup key ends in '/': a root of "/a" must not match "/ab". */
 	if (key_len < TYR_MOUNT_KEY) {
 		__u32 at = key_len;
@@ -204,14 +204,14 @@ static __always_inline __u32 tyr_resolve_identity(struct tyr_scratch *s, __u32 o
 	__u32 prefix = where->len;
 	if (prefix >= TYR_MOUNTPOINT_MAX)
 		return 0;
-	bpf_probe_read_kernel(&s->rec[base & TYR_BASE_MASK], prefix & (TYR_MOUNTPOINT_MAX - 1), where->mountpoint);
+	bpf_probe_read_kernel(&s->rec[TYR_AT(base)], prefix & (TYR_MOUNTPOINT_MAX - 1), where->mountpoint);
 	len = tyr_write_components(s, on_task, where->root_components, base, prefix, &truncated);
 	if (truncated) {
 		tyr_count_health(TYR_HEALTH_IDENTITY_DEEP);
 		return 0;
 	}
 	if (len == 0) {
-		s->rec[(base & TYR_BASE_MASK)] = '/';
+		s->rec[TYR_AT(base)] = '/';
 		len = 1;
 	}
 	return len;

@@ -458,15 +458,17 @@ fn rank(verdict: Verdict) -> u8 {
     }
 }
 
-/// The directories above `path`: `/`, `/a`, `/a/b` for `/a/b/c`.
+/// The directories above `path` and itself, should it be one: `/`, `/a`,
+/// `/a/b`, `/a/b/c` for `/a/b/c`.
 fn directories_above(path: &str) -> Vec<&str> {
     let mut dirs = vec!["/"];
     dirs.extend(path.match_indices('/').skip(1).map(|(i, _)| &path[..i]));
+    dirs.push(path);
     dirs
 }
 
 /// A directory renamed or mounted over is decided as a whole: never less
-/// strictly than any path below it would be, for every class and action,
+/// strictly than itself or any path below it would be, for every class and action,
 /// whatever order the rules come in (an allow rule first included) and
 /// whatever part of a rule's path is literal.
 #[test]
@@ -544,6 +546,12 @@ fn directories_above_a_literal_rule_are_decided_by_it() {
     let keys = rule("keys", Verdict::Alert, PathPattern::Glob("/home/*/.ssh/id_*".to_owned()));
     assert_eq!(decide(vec![keys.clone()], "/home/u/.ssh"), (Verdict::Alert, Some("keys".to_owned())));
     assert_eq!(decide(vec![keys, credentials()], "/home/u"), (Verdict::Deny, Some("aws".to_owned())));
+    // A rule naming the directory itself, a rule below it after it.
+    let project = rule("project", Verdict::Deny, PathPattern::Exact("/home/u/proj".to_owned()));
+    let inside = rule("inside", Verdict::Alert, PathPattern::Exact("/home/u/proj/x".to_owned()));
+    for rules in [vec![project.clone(), inside.clone()], vec![inside, project]] {
+        assert_eq!(decide(rules, "/home/u/proj"), (Verdict::Deny, Some("project".to_owned())));
+    }
     let home = rule("home", Verdict::Allow, PathPattern::Prefix("/home/u/".to_owned()));
     assert_eq!(decide(vec![home.clone(), credentials()], "/home/u/.aws"), (Verdict::Allow, Some("home".to_owned())));
     // What a prefix rule before it decides, a rule below cannot.

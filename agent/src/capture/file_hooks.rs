@@ -1,6 +1,7 @@
 //! Loading the file hooks: BPF LSM (opens, execs, and the link, rename,
-//! mount, unix socket, ptrace and user-namespace hooks that hold governed
-//! agents to their file rules), else the open syscall tracepoints.
+//! symlink, mknod, unlink, truncate, mount, unix socket, ptrace and
+//! user-namespace hooks that hold governed agents to their file rules),
+//! else the open syscall tracepoints.
 
 use super::*;
 
@@ -25,6 +26,10 @@ fn load_lsm(shared: &SharedMaps) -> (libbpf_rs::Result<file_lsm::FileLsmSkel<'st
             &mut progs.tyr_unix_connect,
             &mut progs.tyr_unix_send,
             &mut progs.tyr_ptrace_access,
+            &mut progs.tyr_path_symlink,
+            &mut progs.tyr_path_mknod,
+            &mut progs.tyr_path_unlink,
+            &mut progs.tyr_path_truncate,
         ] {
             prog.set_autoload(false);
         }
@@ -57,6 +62,10 @@ pub(super) fn load_file_hooks(
                     (UNIX_CONNECT_LSM, &progs.tyr_unix_connect),
                     (UNIX_SEND_LSM, &progs.tyr_unix_send),
                     (PTRACE_LSM, &progs.tyr_ptrace_access),
+                    (SYMLINK_LSM, &progs.tyr_path_symlink),
+                    (MKNOD_LSM, &progs.tyr_path_mknod),
+                    (UNLINK_LSM, &progs.tyr_path_unlink),
+                    (TRUNCATE_LSM, &progs.tyr_path_truncate),
                 ] {
                     match &optional_error {
                         Some(error) => attacher.record(hook, Some(error.clone()), ""),

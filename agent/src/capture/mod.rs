@@ -45,9 +45,26 @@ pub const UNIX_CONNECT_LSM: &str = "lsm/unix_stream_connect";
 pub const UNIX_SEND_LSM: &str = "lsm/unix_may_send";
 /// Reaching into another process (ptrace, pidfd_getfd, process_vm_writev).
 pub const PTRACE_LSM: &str = "lsm/ptrace_access_check";
+/// Names made, removed or cut short by path.
+pub const SYMLINK_LSM: &str = "lsm/path_symlink";
+pub const MKNOD_LSM: &str = "lsm/path_mknod";
+pub const UNLINK_LSM: &str = "lsm/path_unlink";
+pub const TRUNCATE_LSM: &str = "lsm/path_truncate";
 /// Every hook holding governed processes to their policy beyond opens and execs.
-pub const GOVERNING_LSM: [&str; 8] =
-    [LINK_LSM, RENAME_LSM, MOUNT_LSM, MOVE_MOUNT_LSM, USERNS_LSM, UNIX_CONNECT_LSM, UNIX_SEND_LSM, PTRACE_LSM];
+pub const GOVERNING_LSM: [&str; 12] = [
+    LINK_LSM,
+    RENAME_LSM,
+    MOUNT_LSM,
+    MOVE_MOUNT_LSM,
+    USERNS_LSM,
+    UNIX_CONNECT_LSM,
+    UNIX_SEND_LSM,
+    PTRACE_LSM,
+    SYMLINK_LSM,
+    MKNOD_LSM,
+    UNLINK_LSM,
+    TRUNCATE_LSM,
+];
 
 /// What serves execs when `lsm/bprm_check_security` cannot: the exec
 /// tracepoint sees every exec after the fact, and exec rules are decided

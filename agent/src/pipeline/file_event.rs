@@ -62,6 +62,10 @@ fn op_name(op: u8) -> Option<(&'static str, &'static str)> {
         (tyr_file_op::TYR_FILE_OP_USERNS, "userns_create", ""),
         (tyr_file_op::TYR_FILE_OP_PTRACE, PTRACE_OPERATION, ""),
         (tyr_file_op::TYR_FILE_OP_CONNECT, "connect", ""),
+        (tyr_file_op::TYR_FILE_OP_SYMLINK, "symlink", "target"),
+        (tyr_file_op::TYR_FILE_OP_MKNOD, "mknod", ""),
+        (tyr_file_op::TYR_FILE_OP_UNLINK, "unlink", ""),
+        (tyr_file_op::TYR_FILE_OP_TRUNCATE, "truncate", ""),
     ]
     .into_iter()
     .find(|(code, ..)| code.0 == op)

@@ -84,9 +84,15 @@ struct Literal {
 }
 
 impl Literal {
-    /// Whether this pattern belongs in the list of trie entry `node`.
+    /// Whether this pattern belongs in the list of trie entry `node`. An
+    /// exact path belongs at its own entry and, should it name a
+    /// directory, at the entry of that directory with its `/` (where a
+    /// whole-directory decision of it looks).
     fn applies_at(&self, node: &[u8]) -> bool {
-        node.starts_with(&self.bytes) && (!matches!(self.matcher, PathMatch::Exact { .. }) || node == self.bytes)
+        match self.matcher {
+            PathMatch::Exact { .. } => node == self.bytes || node.strip_suffix(b"/") == Some(&self.bytes[..]),
+            _ => node.starts_with(&self.bytes),
+        }
     }
 
     /// Whether this pattern's literal continues below directory entry
