@@ -33,6 +33,21 @@
 #define TYR_S_IFMT 0170000
 #define TYR_S_IFDIR 0040000
 #define TYR_S_IFREG 0100000
+#define TYR_S_IFLNK 0120000
+/* Mount flags (include/linux/mount.h): a kernel-internal mount. */
+#define TYR_MNT_INTERNAL 0x4000
+
+/* Whether a name for `dentry`'s inode would reach a subtree: a directory,
+ * or a symlink (which may point at one). Such a name is decided as
+ * everything below it. */
+static __always_inline bool tyr_reaches_subtree(struct dentry *dentry)
+{
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+	if (!inode)
+		return false;
+	__u32 type = BPF_CORE_READ(inode, i_mode) & TYR_S_IFMT;
+	return type == TYR_S_IFDIR || type == TYR_S_IFLNK;
+}
 
 SEC("lsm/file_open")
 int BPF_PROG(tyr_file_open, struct file *file, int ret)
@@ -242,16 +257,19 @@ int BPF_PROG(tyr_path_link, struct dentry *old_dentry, const struct path *new_di
 	struct tyr_op_names n;
 	tyr_governed_op_names(s, on_task, &n);
 
+	/* A hard link to a symlink is a symlink too. */
+	__u32 how = tyr_reaches_subtree(old_dentry) ? TYR_DECIDE_SUBTREE : 0;
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
+	tyr_checks_note_truncated(s);
 	if (who.governed)
-		tyr_check_both_names(c, &n, 0);
+		tyr_check_both_names(c, &n, how);
 	tyr_checks_run(s);
-	tyr_report_new_identity(s, &n);
 	/* Whoever makes it, a new name for a protected file, or a file at a
 	 * protected name, carries the protected name with it. */
 	if (c->best.verdict != TYR_VERDICT_DENY)
 		tyr_keep_names_of(s, on_task, &who, old_dentry->d_inode, &n);
+	tyr_report_new_identity(s, &n);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_LINK, &n);
 }
 
@@ -280,23 +298,25 @@ int BPF_PROG(tyr_path_rename, const struct path *old_dir, struct dentry *old_den
 	struct tyr_op_names n;
 	tyr_governed_op_names(s, on_task, &n);
 
-	/* A directory is decided as everything below it. */
+	/* A directory, or a symlink that may point at one, is decided as
+	 * everything below it — on either side: an exchange moves the new
+	 * name's inode too. */
 	__u32 how = 0;
-	umode_t mode = BPF_CORE_READ(old_dentry, d_inode, i_mode);
-	if ((mode & TYR_S_IFMT) == TYR_S_IFDIR) {
+	if (tyr_reaches_subtree(old_dentry) || tyr_reaches_subtree(new_dentry)) {
 		how = TYR_DECIDE_SUBTREE;
 		((struct tyr_file_fixed *)s->rec)->hdr.flags |= TYR_F_DIRECTORY;
 	}
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
+	tyr_checks_note_truncated(s);
 	if (who.governed)
 		tyr_check_both_names(c, &n, how);
 	tyr_checks_run(s);
-	tyr_report_new_identity(s, &n);
 	/* Whoever moves it, a protected file keeps its protected name, and a
 	 * file moved to a protected name takes it. */
 	if (c->best.verdict != TYR_VERDICT_DENY && !how)
 		tyr_keep_names_of(s, on_task, &who, old_dentry->d_inode, &n);
+	tyr_report_new_identity(s, &n);
 	return tyr_emit_governed_op(s, on_task, c, TYR_FILE_OP_RENAME, &n);
 }
 
@@ -309,8 +329,9 @@ int BPF_PROG(tyr_path_symlink, const struct path *dir, struct dentry *dentry, co
 {
 	if (ret)
 		return ret;
-	return tyr_governed_name(TYR_FILE_OP_SYMLINK, 0, true, BPF_CORE_READ(dir, mnt), BPF_CORE_READ(dir, dentry),
-				 dentry, old_name, 0);
+	/* What the symlink may point at is reachable below its name. */
+	return tyr_governed_name(TYR_FILE_OP_SYMLINK, TYR_DECIDE_SUBTREE, true, BPF_CORE_READ(dir, mnt),
+				 BPF_CORE_READ(dir, dentry), dentry, old_name, 0);
 }
 
 SEC("lsm/path_mknod")
@@ -341,8 +362,12 @@ int BPF_PROG(tyr_path_truncate, const struct path *path, int ret)
 {
 	if (ret)
 		return ret;
-	return tyr_governed_name(TYR_FILE_OP_TRUNCATE, 0, false, BPF_CORE_READ(path, mnt), BPF_CORE_READ(path, dentry),
-				 NULL, NULL, 0);
+	/* Before 6.2 ftruncate(2) comes here too: a memfd or shared memory
+	 * segment (on an internal mount) has no name a rule could give. */
+	struct vfsmount *mnt = BPF_CORE_READ(path, mnt);
+	if (BPF_CORE_READ(mnt, mnt_flags) & TYR_MNT_INTERNAL)
+		return 0;
+	return tyr_governed_name(TYR_FILE_OP_TRUNCATE, 0, false, mnt, BPF_CORE_READ(path, dentry), NULL, NULL, 0);
 }
 
 /* mount(2) flags (include/uapi/linux/mount.h). */
@@ -451,6 +476,11 @@ static __always_inline int tyr_unix_decide(struct sock *peer)
 	if (len <= 0)
 		return 0;
 	const char *name = (const char *)addr->name[0].sun_path + 1;
+	/* Only a name that reads as a path: others (autobound ones) mirror
+	 * nothing a rule names. */
+	char first = 0;
+	if (bpf_probe_read_kernel(&first, 1, name) || first != '/')
+		return 0;
 	return tyr_governed_name(TYR_FILE_OP_CONNECT, 0, false, NULL, NULL, NULL, name, len);
 }
 

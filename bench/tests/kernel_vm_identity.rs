@@ -75,15 +75,17 @@ const OPERATIONS: &str = "open:/home/u/.ssh/id_test \
     usend:/run/user/1000/dgram \
     ptrace:/run/serve.pid \
     uconnect:@/tmp/.X11-unix/X0 \
-    deep:/work";
+    deep:/work \
+    symlink:/work/open:/home/w/.ssh \
+    exchange:/work/xfile:/home/x/.ssh";
 
 fn init_script() -> String {
     format!(
         r#"W=/work
 setup_home() {{
-  umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout /work/awsdir /work/appdir /srv/app
+  umount /home/u/.ssh 2>/dev/null; rm -rf /home/u /home/w /home/x /work/xfile /work/newlink /work/moved /work/sshdir /work/latelink /work/movedout /work/awsdir /work/appdir /srv/app
   mkdir -p /home/u/.ssh /srv/app/.config/aws /srv/app/notes /tmp/x /tmp/x2 /tmp/h /tmp/o $W/bin $W/open /var/lib/tyr; chmod 1777 /tmp
-  echo e > /home/u/evil; echo s > /home/u/.ssh/spare; echo s > /home/u/.ssh/spare2; echo d > /work/decoy
+  mkdir -p /home/w /home/x/.ssh; echo k > /home/x/.ssh/k; echo x > /work/xfile; echo e > /home/u/evil; echo s > /home/u/.ssh/spare; echo s > /home/u/.ssh/spare2; echo d > /work/decoy
   echo k > /home/u/.ssh/id_test; echo a > /srv/app/.config/aws/credentials; echo m > /home/u/.ssh/marker; echo o > $W/open/file
   chown -R 1000:1000 /home/u; chmod 777 /tmp/x /tmp/x2 /tmp/h /tmp/o $W
 }}
@@ -234,6 +236,10 @@ fn file_rules_hold_against_namespaces_links_renames_and_mounts_in_a_kernel_vm() 
         ("fifo", "/home/u/.ssh/id_fifo"),
         ("unlink", "/home/u/.ssh/spare"),
         ("truncate", "/home/u/.ssh/spare2"),
+        // A symlink at a directory's name, and a file exchanged with a
+        // protected directory: decided as everything below the name.
+        ("symlink", "/home/w/.ssh"),
+        ("exchange", "/work/xfile"),
     ] {
         let plain = find_line(&lines, &format!("plain-{test}"), path);
         assert_eq!((plain.num("errno"), plain.num("setup_errno").unwrap_or(0)), (Some(0), 0), "{plain:?}");

@@ -37,6 +37,7 @@
  *                                   user and mount namespace, bind DIR on MNT,
  *                                   rename MNT/FROM to MNT/TO)
  *                                 symlink:TARGET:LINK  fifo:PATH  unlink:PATH
+ *                                 exchange:A:B (renameat2 RENAME_EXCHANGE)
  *                                 truncate:PATH (to 0 bytes, by path)
  *                                 uconnect:PATH (connect a unix stream socket;
  *                                   "@name": the abstract name)
@@ -260,6 +261,8 @@ static void agent_op(const char *who, char *op)
 	} else if (!strcmp(fields[0], "symlink") && n == 3) {
 		path = fields[2];
 		err = symlink(fields[1], fields[2]) ? errno : 0;
+	} else if (!strcmp(fields[0], "exchange") && n == 3) {
+		err = renameat2(AT_FDCWD, fields[1], AT_FDCWD, fields[2], RENAME_EXCHANGE) ? errno : 0;
 	} else if (!strcmp(fields[0], "fifo") && n == 2) {
 		err = mkfifo(path, 0600) ? errno : 0;
 	} else if (!strcmp(fields[0], "unlink") && n == 2) {

@@ -152,8 +152,10 @@ struct {
 /* Room for the largest fixed part of any record. */
 #define TYR_FIXED_MAX 128
 /* Paths are written into a scratch record at offsets below this (a fixed
- * part, then up to three names), each up to TYR_PATH_MAX bytes plus the
- * NAME_MAX-sized read that may overrun it. */
+ * part, then up to four names), each up to TYR_PATH_MAX bytes plus the
+ * NAME_MAX-sized read that may overrun it. A name that would start past it
+ * is not written and marks the names truncated (a governed operation is
+ * then refused). */
 #define TYR_BASE_LIMIT 16384
 #define TYR_BASE_MASK (TYR_BASE_LIMIT - 1)
 /* `x` masked below TYR_BASE_LIMIT where the verifier sees it: the barrier

@@ -72,6 +72,15 @@ static __always_inline struct tyr_scratch *tyr_governed_op_begin(struct tyr_who 
 	return s;
 }
 
+/* A name of a governed operation cut short (no room for it, or deeper
+ * than the walk): what it would decide is not known, so a governed
+ * process is refused (tyr_checks_run). */
+static __always_inline void tyr_checks_note_truncated(struct tyr_scratch *s)
+{
+	if (s->names.flags & TYR_F_TRUNCATED)
+		s->checks.unnamed = 1;
+}
+
 /* The names of a governed operation (its path, the other name, the file's
  * identity), resolved after the record's fixed part. */
 struct tyr_op_names {
@@ -186,6 +195,7 @@ static __always_inline int tyr_governed_name(__u32 op, __u32 how, bool read_too,
 	__u32 base = sizeof(struct tyr_file_fixed);
 	struct tyr_checks *c = &s->checks;
 	tyr_checks_init(c, &who, on_task);
+	tyr_checks_note_truncated(s);
 	__u32 at_identity = base + n.path_len + n.name_len;
 	if (read_too)
 		tyr_check_add(c, base, n.path_len, TYR_ACTION_FILE_READ, how, TYR_DECIDED_ON_PATH);

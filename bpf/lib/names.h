@@ -71,7 +71,10 @@ static long tyr_name_step(__u64 index, void *ctx)
 		len = tyr_resolve_mnt_dentry(s, on_task, mnt, dentry, base, &flags);
 		if (len == 1)
 			len = 0; /* the root: "/" + "/name" would double the slash */
-		len += tyr_append_name(s, base + len, (struct dentry *)job->child);
+		__u32 added = tyr_append_name(s, base + len, (struct dentry *)job->child);
+		if (!added)
+			flags |= TYR_F_TRUNCATED; /* no room left for the name */
+		len += added;
 	} else if (job->kind == TYR_NAME_IDENTITY || job->kind == TYR_NAME_CHILD_IDENTITY) {
 		/* One copy of the identity walk for both. */
 		if (tyr_identity_may_differ(s->names.init_mnt_ns, mnt))
@@ -79,7 +82,10 @@ static long tyr_name_step(__u64 index, void *ctx)
 		if (len && job->kind == TYR_NAME_CHILD_IDENTITY) {
 			if (len == 1)
 				len = 0; /* the root: "/" + "/name" would double the slash */
-			len += tyr_append_name(s, base + len, (struct dentry *)job->child);
+			__u32 added = tyr_append_name(s, base + len, (struct dentry *)job->child);
+			if (!added)
+				flags |= TYR_F_TRUNCATED; /* no room left for the name */
+			len += added;
 		}
 	} else if (job->kind == TYR_NAME_STRING && job->dentry) {
 		__u32 most = job->child && job->child < TYR_NAME_MAX ? job->child + 1 : TYR_NAME_MAX;
