@@ -108,8 +108,10 @@ static __always_inline void tyr_names_run(struct tyr_scratch *s, __u32 on_task, 
 	bpf_loop(TYR_NAME_JOBS, tyr_name_step, &on_task, 0);
 }
 
-/* Bytes the job `i` wrote. */
+/* Bytes the job `i` wrote (0 for a job this operation did not add). */
 static __always_inline __u32 tyr_name_len(const struct tyr_scratch *s, __u32 i)
 {
+	if (i >= s->names.count)
+		return 0;
 	return s->names.jobs[i & (TYR_NAME_JOBS - 1)].len & (TYR_PATH_MAX * 2 - 1);
 }
