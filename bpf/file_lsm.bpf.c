@@ -381,12 +381,8 @@ int BPF_PROG(tyr_path_truncate, const struct path *path, int ret)
  * can see through. */
 static __always_inline int tyr_refuse_stacked_mount(void)
 {
-	struct tyr_config *cfg = tyr_config();
-	if (!cfg)
-		return 0;
 	struct tyr_who who;
-	tyr_who(&who);
-	if (!who.governed)
+	if (!tyr_who_governed(&who))
 		return 0;
 	struct tyr_file_fixed *rec = bpf_ringbuf_reserve(&tyr_events, sizeof(*rec), 0);
 	if (rec) {
@@ -520,12 +516,8 @@ int BPF_PROG(tyr_ptrace_access, struct task_struct *child, unsigned int mode, in
 		return ret;
 	if (!(mode & TYR_PTRACE_MODE_ATTACH))
 		return 0;
-	struct tyr_config *cfg = tyr_config();
-	if (!cfg)
-		return 0;
 	struct tyr_who who;
-	tyr_who(&who);
-	if (!who.governed)
+	if (!tyr_who_governed(&who))
 		return 0;
 	__u32 target = BPF_CORE_READ(child, tgid);
 	if (target == who.tgid)

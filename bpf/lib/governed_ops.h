@@ -48,6 +48,16 @@ static __always_inline __u32 tyr_identity_at(const struct tyr_config *cfg, struc
 	return tyr_name_len(s, 0);
 }
 
+/* Whether the process asking (filled in `who`) is governed; false too
+ * when tyrd has not configured the kernel yet. */
+static __always_inline bool tyr_who_governed(struct tyr_who *who)
+{
+	if (!tyr_config())
+		return false;
+	tyr_who(who);
+	return who->governed;
+}
+
 /* The start of a link, rename or mount, which only governed processes
  * are held to: the scratch with its record's header filled and no names
  * added yet, or NULL with *verdict the hook's answer. */

@@ -65,33 +65,26 @@ static long tyr_name_step(__u64 index, void *ctx)
 		return 1;
 	__u32 len = 0;
 	__u32 flags = 0;
-	if (job->kind == TYR_NAME_PATH) {
+	bool child = job->kind == TYR_NAME_CHILD || job->kind == TYR_NAME_CHILD_IDENTITY;
+	if (job->kind == TYR_NAME_PATH || job->kind == TYR_NAME_CHILD) {
 		len = tyr_resolve_mnt_dentry(s, on_task, mnt, dentry, base, &flags);
-	} else if (job->kind == TYR_NAME_CHILD) {
-		len = tyr_resolve_mnt_dentry(s, on_task, mnt, dentry, base, &flags);
+	} else if (job->kind == TYR_NAME_IDENTITY || job->kind == TYR_NAME_CHILD_IDENTITY) {
+		if (tyr_identity_may_differ(s->names.init_mnt_ns, mnt))
+			len = tyr_resolve_identity(s, on_task, mnt, dentry, base);
+	} else if (job->kind == TYR_NAME_STRING && job->dentry) {
+		__u32 most = job->child && job->child < TYR_NAME_MAX ? job->child + 1 : TYR_NAME_MAX;
+		long n = bpf_probe_read_kernel_str(&s->rec[TYR_AT(base)], most & (TYR_NAME_MAX * 2 - 1),
+						   (const void *)job->dentry);
+		len = n > 1 ? n - 1 : 0;
+	}
+	/* The child's name below the directory just named. */
+	if (child && len) {
 		if (len == 1)
 			len = 0; /* the root: "/" + "/name" would double the slash */
 		__u32 added = tyr_append_name(s, base + len, (struct dentry *)job->child);
 		if (!added)
 			flags |= TYR_F_TRUNCATED; /* no room left for the name */
 		len += added;
-	} else if (job->kind == TYR_NAME_IDENTITY || job->kind == TYR_NAME_CHILD_IDENTITY) {
-		/* One copy of the identity walk for both. */
-		if (tyr_identity_may_differ(s->names.init_mnt_ns, mnt))
-			len = tyr_resolve_identity(s, on_task, mnt, dentry, base);
-		if (len && job->kind == TYR_NAME_CHILD_IDENTITY) {
-			if (len == 1)
-				len = 0; /* the root: "/" + "/name" would double the slash */
-			__u32 added = tyr_append_name(s, base + len, (struct dentry *)job->child);
-			if (!added)
-				flags |= TYR_F_TRUNCATED; /* no room left for the name */
-			len += added;
-		}
-	} else if (job->kind == TYR_NAME_STRING && job->dentry) {
-		__u32 most = job->child && job->child < TYR_NAME_MAX ? job->child + 1 : TYR_NAME_MAX;
-		long n = bpf_probe_read_kernel_str(&s->rec[TYR_AT(base)], most & (TYR_NAME_MAX * 2 - 1),
-						   (const void *)job->dentry);
-		len = n > 1 ? n - 1 : 0;
 	}
 	job->len = len & (TYR_PATH_MAX * 2 - 1);
 	s->names.at = base + job->len;
